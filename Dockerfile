@@ -1,0 +1,22 @@
+# One image for every orderflow role; docker-compose.yml picks the process per service.
+
+FROM rust:1-bookworm AS build
+WORKDIR /src
+# No database at build time: sqlx query macros read the committed .sqlx/ metadata.
+ENV SQLX_OFFLINE=true
+COPY . .
+RUN cargo build --release --locked --bins
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --no-create-home orderflow
+COPY --from=build \
+    /src/target/release/orderflow \
+    /src/target/release/order-worker \
+    /src/target/release/outbox-relay \
+    /src/target/release/sse-bridge \
+    /usr/local/bin/
+USER orderflow
+CMD ["orderflow", "serve"]

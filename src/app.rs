@@ -1,0 +1,136 @@
+//! Composing roles into processes. Each `run_*` is what one entry point does after parsing
+//! its configuration: connect, start its loops, serve until the shutdown token fires, and
+//! return once every loop has finished its work in hand.
+
+use crate::auth::Keys;
+use crate::broker::publisher::JobPublisher;
+use crate::broker::Names;
+use crate::config::{BridgeConfig, CommonConfig, HttpConfig, IngressConfig, RelayConfig, WorkerConfig, DEV_JWT_SECRET};
+use crate::ingress::error::ApiError;
+use crate::ingress::{self, health, IngressState};
+use crate::sse::{self, BridgeState};
+use crate::store::db;
+use crate::{relay, worker};
+use anyhow::Context;
+use axum::extract::DefaultBodyLimit;
+use axum::Router;
+use sqlx::PgPool;
+use std::io::Write;
+use std::sync::Arc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tower_http::trace::TraceLayer;
+
+/// Bind, announce the address on stdout (tests and scripts read it), serve until shutdown.
+pub async fn serve_http(http: &HttpConfig, router: Router, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(http.bind).await.with_context(|| format!("binding {}", http.bind))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "HTTP listening");
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on http://{addr}")?;
+        out.flush()?;
+    }
+    let app = router
+        .fallback(|| async { ApiError::NotFound("route") })
+        .layer(DefaultBodyLimit::max(http.body_limit_bytes))
+        .layer(TraceLayer::new_for_http());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .context("serving HTTP")
+}
+
+fn keys(http: &HttpConfig) -> Keys {
+    if http.jwt_secret == DEV_JWT_SECRET {
+        tracing::warn!("JWT_SECRET is the development default: anyone can mint tokens. Set JWT_SECRET in production.");
+    }
+    Keys::new(&http.jwt_secret)
+}
+
+fn ingress_parts(common: &CommonConfig, http: &HttpConfig, cfg: &IngressConfig, pool: &PgPool) -> (Router, Arc<JobPublisher>) {
+    let publisher = Arc::new(JobPublisher::new(&common.amqp_url, Names::new(&common.namespace), cfg.publish_timeout()));
+    let state = IngressState { pool: pool.clone(), keys: keys(http), publisher: publisher.clone(), cfg: cfg.clone() };
+    (ingress::router(state), publisher)
+}
+
+/// Wait for every task; the first failure cancels the others and is returned.
+async fn join_all(mut tasks: JoinSet<anyhow::Result<()>>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut first_error = None;
+    while let Some(done) = tasks.join_next().await {
+        let result = done.context("a task panicked").and_then(|r| r);
+        if let Err(e) = result {
+            tracing::error!(error = format!("{e:#}"), "a role failed; shutting down");
+            shutdown.cancel();
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// `orderflow serve`: the HTTP ingress alone.
+pub async fn run_ingress(common: CommonConfig, http: HttpConfig, cfg: IngressConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let pool = db::connect(&common).await?;
+    let (router, publisher) = ingress_parts(&common, &http, &cfg, &pool);
+    if let Err(e) = publisher.check_ready().await {
+        tracing::warn!(error = %e, "broker not reachable yet; change-status answers 503 until it is");
+    }
+    serve_http(&http, router.merge(health::router(pool, Some(publisher))), shutdown).await
+}
+
+/// `order-worker`.
+pub async fn run_worker(common: CommonConfig, cfg: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let pool = db::connect(&common).await?;
+    worker::run(pool, common.amqp_url.clone(), Names::new(&common.namespace), cfg, shutdown).await
+}
+
+/// `outbox-relay`.
+pub async fn run_relay(common: CommonConfig, cfg: RelayConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let pool = db::connect(&common).await?;
+    relay::run(pool, common.amqp_url.clone(), Names::new(&common.namespace), cfg, shutdown).await
+}
+
+/// `sse-bridge`: the live event streams, on their own HTTP port.
+pub async fn run_bridge(common: CommonConfig, http: HttpConfig, cfg: BridgeConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let pool = db::connect(&common).await?;
+    let state = BridgeState::new(keys(&http), pool.clone(), cfg, shutdown.clone());
+    let mut tasks = JoinSet::new();
+    tasks.spawn(sse::run_feed(state.clone(), common.amqp_url.clone(), Names::new(&common.namespace)));
+    let router = sse::router(state).merge(health::router(pool, None));
+    let token = shutdown.clone();
+    tasks.spawn(async move { serve_http(&http, router, token).await });
+    join_all(tasks, shutdown).await
+}
+
+/// Everything `orderflow all` runs.
+pub struct AllConfig {
+    pub common: CommonConfig,
+    pub http: HttpConfig,
+    pub ingress: IngressConfig,
+    pub worker: WorkerConfig,
+    pub relay: RelayConfig,
+    pub bridge: BridgeConfig,
+}
+
+/// `orderflow all`: create the database if needed, migrate, and run every role in this
+/// process, with the ingress and the SSE streams on one HTTP port.
+pub async fn run_all(cfg: AllConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    db::create_if_missing(&cfg.common).await?;
+    let pool = db::connect(&cfg.common).await?;
+    db::migrate(&pool).await?;
+    let names = Names::new(&cfg.common.namespace);
+    let (ingress_router, publisher) = ingress_parts(&cfg.common, &cfg.http, &cfg.ingress, &pool);
+    // Declares the topology before anything is accepted.
+    publisher.check_ready().await.context("reaching RabbitMQ")?;
+    let bridge = BridgeState::new(keys(&cfg.http), pool.clone(), cfg.bridge, shutdown.clone());
+
+    let mut tasks = JoinSet::new();
+    tasks.spawn(worker::run(pool.clone(), cfg.common.amqp_url.clone(), names.clone(), cfg.worker, shutdown.clone()));
+    tasks.spawn(relay::run(pool.clone(), cfg.common.amqp_url.clone(), names.clone(), cfg.relay, shutdown.clone()));
+    tasks.spawn(sse::run_feed(bridge.clone(), cfg.common.amqp_url.clone(), names));
+    let router = ingress_router.merge(sse::router(bridge)).merge(health::router(pool, Some(publisher)));
+    let token = shutdown.clone();
+    let http = cfg.http;
+    tasks.spawn(async move { serve_http(&http, router, token).await });
+    join_all(tasks, shutdown).await
+}

@@ -1,0 +1,92 @@
+//! Bearer tokens: HS256 JWTs whose claims name the actor. The extractor turns a request
+//! into an [`Actor`] or a 401; SSE may pass the token as `?access_token=` because
+//! EventSource cannot set headers.
+
+use crate::domain::{Actor, Role};
+use crate::ingress::error::ApiError;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use uuid::Uuid;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: Uuid,
+    pub role: Role,
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+}
+
+/// Verifies and mints tokens with one HS256 secret.
+#[derive(Clone)]
+pub struct Keys(Arc<KeysInner>);
+
+struct KeysInner {
+    decoding: DecodingKey,
+    encoding: EncodingKey,
+    validation: Validation,
+}
+
+impl Keys {
+    pub fn new(secret: &str) -> Self {
+        // Only HS256 is accepted: `alg: none` and every other algorithm fail validation.
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.validate_nbf = true;
+        validation.leeway = 5;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Keys(Arc::new(KeysInner {
+            decoding: DecodingKey::from_secret(secret.as_bytes()),
+            encoding: EncodingKey::from_secret(secret.as_bytes()),
+            validation,
+        }))
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Actor, ApiError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.0.decoding, &self.0.validation)
+            .map_err(|e| ApiError::Unauthorized(format!("invalid token: {e}")))?;
+        Ok(Actor { id: data.claims.sub, role: data.claims.role })
+    }
+
+    /// A token for `actor` valid for `ttl` (the `orderflow token` command, and tests).
+    pub fn mint(&self, actor: Actor, ttl: Duration) -> String {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_secs();
+        let claims = Claims { sub: actor.id, role: actor.role, exp: now + ttl.as_secs(), iat: Some(now), nbf: None };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.0.encoding).expect("HS256 encoding")
+    }
+}
+
+/// Anything that can hand out the verification keys (the ingress and bridge states).
+pub trait HasKeys {
+    fn keys(&self) -> &Keys;
+}
+
+/// The token from `Authorization: Bearer`, else from `?access_token=`.
+fn token_of(parts: &Parts) -> Option<String> {
+    if let Some(value) = parts.headers.get(axum::http::header::AUTHORIZATION) {
+        let value = value.to_str().ok()?;
+        let (scheme, token) = value.split_once(' ')?;
+        return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned());
+    }
+    let query = parts.uri.query()?;
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "access_token")
+        .map(|(_, v)| v.into_owned())
+}
+
+impl<S> FromRequestParts<S> for Actor
+where
+    S: HasKeys + Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let token = token_of(parts).ok_or_else(|| ApiError::Unauthorized("missing bearer token".into()))?;
+        state.keys().verify(&token)
+    }
+}

@@ -1,0 +1,243 @@
+//! Publishing with publisher confirms. A job is accepted only once the broker confirmed
+//! it; an event is marked published only once the broker confirmed it.
+
+use super::{connect, topology, Names};
+use crate::domain::Actor;
+use crate::event::Event;
+use crate::job::JobMessage;
+use futures::StreamExt;
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::Confirmation;
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+/// RabbitMQ's pseudo-queue for direct reply-to: replies come back on the publishing channel.
+pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+const PERSISTENT: u8 = 2;
+
+/// Why a message was not durably accepted by the broker. Callers answer 503.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    #[error("broker did not confirm within {0:?}")]
+    Timeout(Duration),
+    #[error("broker refused the message (nack)")]
+    Nacked,
+    #[error("message was unroutable (no queue `{0}`)")]
+    Unroutable(String),
+}
+
+impl From<lapin::Error> for PublishError {
+    fn from(e: lapin::Error) -> Self {
+        PublishError::Unavailable(e.to_string())
+    }
+}
+
+/// Turn a confirmation into success or the reason it is not one.
+fn check(confirmation: Confirmation, target: &str) -> Result<(), PublishError> {
+    match confirmation {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable(target.to_owned())),
+        Confirmation::Nack(_) => Err(PublishError::Nacked),
+        Confirmation::NotRequested => Err(PublishError::Unavailable("channel not in confirm mode".into())),
+    }
+}
+
+type Waiters = Arc<Mutex<HashMap<Uuid, oneshot::Sender<()>>>>;
+
+struct Session {
+    _conn: Connection,
+    channel: Channel,
+}
+
+/// The ingress's publisher of job messages: one confirm-mode channel that also consumes
+/// direct replies, so `Prefer: wait` learns the outcome as soon as the worker committed.
+/// Reconnects lazily: a publish after a lost connection opens a new one.
+pub struct JobPublisher {
+    url: String,
+    names: Names,
+    timeout: Duration,
+    session: tokio::sync::Mutex<Option<Arc<Session>>>,
+    waiters: Waiters,
+}
+
+/// A registered wait for a job's reply; unregisters itself when dropped.
+pub struct ReplyWaiter {
+    job_id: Uuid,
+    rx: Option<oneshot::Receiver<()>>,
+    waiters: Waiters,
+}
+
+impl ReplyWaiter {
+    /// Wait up to `limit` for the worker's reply. True if it came.
+    pub async fn wait(mut self, limit: Duration) -> bool {
+        let Some(rx) = self.rx.take() else { return false };
+        matches!(tokio::time::timeout(limit, rx).await, Ok(Ok(())))
+    }
+}
+
+impl Drop for ReplyWaiter {
+    fn drop(&mut self) {
+        self.waiters.lock().expect("waiters lock").remove(&self.job_id);
+    }
+}
+
+impl JobPublisher {
+    pub fn new(url: &str, names: Names, timeout: Duration) -> Self {
+        JobPublisher {
+            url: url.to_owned(),
+            names,
+            timeout,
+            session: tokio::sync::Mutex::new(None),
+            waiters: Arc::default(),
+        }
+    }
+
+    async fn session(&self) -> Result<Arc<Session>, PublishError> {
+        let mut guard = self.session.lock().await;
+        if let Some(s) = guard.as_ref() {
+            if s.channel.status().connected() {
+                return Ok(s.clone());
+            }
+            tracing::warn!("job publisher channel lost; reconnecting");
+        }
+        *guard = None;
+        let session = tokio::time::timeout(self.timeout, self.open())
+            .await
+            .map_err(|_| PublishError::Timeout(self.timeout))??;
+        let session = Arc::new(session);
+        *guard = Some(session.clone());
+        Ok(session)
+    }
+
+    async fn open(&self) -> Result<Session, PublishError> {
+        let conn = connect(&self.url, "ingress").await.map_err(|e| PublishError::Unavailable(format!("{e:#}")))?;
+        let channel = conn.create_channel().await?;
+        topology::declare(&channel, &self.names).await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        let mut replies = channel
+            .basic_consume(
+                DIRECT_REPLY_TO.into(),
+                "".into(),
+                BasicConsumeOptions { no_ack: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await?;
+        let waiters = self.waiters.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(delivery)) = replies.next().await {
+                let job_id = delivery.properties.correlation_id().as_ref().and_then(|c| c.as_str().parse().ok());
+                if let Some(tx) = job_id.and_then(|id: Uuid| waiters.lock().expect("waiters lock").remove(&id)) {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        Ok(Session { _conn: conn, channel })
+    }
+
+    /// Register interest in a job's reply. Do this before publishing, so no reply is missed.
+    pub fn expect_reply(&self, job_id: Uuid) -> ReplyWaiter {
+        let (tx, rx) = oneshot::channel();
+        self.waiters.lock().expect("waiters lock").insert(job_id, tx);
+        ReplyWaiter { job_id, rx: Some(rx), waiters: self.waiters.clone() }
+    }
+
+    /// Publish a job and wait for the broker's confirm. With `reply`, the worker answers on
+    /// direct reply-to once the job's outcome is committed.
+    pub async fn publish(&self, msg: &JobMessage, actor: &Actor, reply: bool) -> Result<(), PublishError> {
+        let session = self.session().await?;
+        let body = serde_json::to_vec(msg).expect("job message serializes");
+        let mut headers = FieldTable::default();
+        headers.insert("actor".into(), AMQPValue::LongString(format!("{}:{}", actor.role, actor.id).into()));
+        let mut props = BasicProperties::default()
+            .with_message_id(msg.job_id.to_string().into())
+            .with_content_type("application/json".into())
+            .with_delivery_mode(PERSISTENT)
+            .with_headers(headers);
+        if reply {
+            props = props.with_reply_to(DIRECT_REPLY_TO.into());
+        }
+        let outcome = tokio::time::timeout(self.timeout, async {
+            let confirm = session
+                .channel
+                .basic_publish(
+                    "".into(),
+                    self.names.jobs.as_str().into(),
+                    BasicPublishOptions { mandatory: true, ..Default::default() },
+                    &body,
+                    props,
+                )
+                .await?;
+            check(confirm.await?, &self.names.jobs)
+        })
+        .await
+        .unwrap_or(Err(PublishError::Timeout(self.timeout)));
+        if outcome.is_err() {
+            // Whatever went wrong, the next publish starts from a fresh channel.
+            *self.session.lock().await = None;
+        }
+        outcome
+    }
+
+    /// Can a job be published right now? (For `/readyz`.)
+    pub async fn check_ready(&self) -> Result<(), PublishError> {
+        self.session().await.map(|_| ())
+    }
+}
+
+/// The relay's publisher of events: pipelined publishes, then every confirm awaited.
+pub struct EventPublisher {
+    channel: Channel,
+    exchange: String,
+}
+
+impl EventPublisher {
+    pub async fn open(conn: &Connection, names: &Names) -> lapin::Result<Self> {
+        let channel = conn.create_channel().await?;
+        topology::declare(&channel, names).await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        Ok(EventPublisher { channel, exchange: names.events.clone() })
+    }
+
+    /// Publish `events` in order and wait until the broker confirmed all of them.
+    pub async fn publish_all(&self, events: &[Event]) -> Result<(), PublishError> {
+        let mut confirms = Vec::with_capacity(events.len());
+        for e in events {
+            let mut headers = FieldTable::default();
+            if let Some(id) = e.order_id {
+                headers.insert("order_id".into(), AMQPValue::LongString(id.to_string().into()));
+            }
+            if let Some(id) = e.customer_id {
+                headers.insert("customer_id".into(), AMQPValue::LongString(id.to_string().into()));
+            }
+            let props = BasicProperties::default()
+                .with_message_id(e.seq.to_string().into())
+                .with_type(e.event_type.as_str().into())
+                .with_content_type("application/json".into())
+                .with_delivery_mode(PERSISTENT)
+                .with_headers(headers);
+            let confirm = self
+                .channel
+                .basic_publish(
+                    self.exchange.as_str().into(),
+                    e.routing_key.as_str().into(),
+                    BasicPublishOptions::default(),
+                    e.data.as_bytes(),
+                    props,
+                )
+                .await?;
+            confirms.push(confirm);
+        }
+        for confirm in confirms {
+            check(confirm.await?, &self.exchange)?;
+        }
+        Ok(())
+    }
+}

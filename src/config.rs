@@ -1,0 +1,114 @@
+//! Configuration: clap structs whose every field is also an environment variable. Each
+//! role takes the groups it needs; `orderflow all` takes them all.
+
+use clap::Args;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The development JWT secret. Anything signed with it is forgeable by whoever reads this
+/// repository: processes warn loudly when they run with it.
+pub const DEV_JWT_SECRET: &str = "orderflow-dev-secret-change-me";
+
+/// Where the shared state lives: Postgres, RabbitMQ and the broker namespace.
+#[derive(Args, Debug, Clone)]
+pub struct CommonConfig {
+    /// Postgres connection URL.
+    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@localhost/orderflow")]
+    pub database_url: String,
+
+    /// Most Postgres connections this process opens.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
+    pub database_max_connections: u32,
+
+    /// RabbitMQ connection URL.
+    #[arg(long, env = "AMQP_URL", default_value = "amqp://guest:guest@localhost:5672/%2f")]
+    pub amqp_url: String,
+
+    /// Prefix on every exchange and queue name, so several deployments (or tests) can share
+    /// one broker. Empty: the names in API.md.
+    #[arg(long, env = "ORDERFLOW_NAMESPACE", default_value = "")]
+    pub namespace: String,
+}
+
+/// The HTTP side of a process that serves requests.
+#[derive(Args, Debug, Clone)]
+pub struct HttpConfig {
+    /// Address to listen on (port 0 picks a free port; the chosen address is printed).
+    #[arg(long, env = "BIND", default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+
+    /// HS256 secret for bearer tokens. The default is for development only.
+    #[arg(long, env = "JWT_SECRET", default_value = DEV_JWT_SECRET, hide_default_value = true)]
+    pub jwt_secret: String,
+
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "BODY_LIMIT_BYTES", default_value_t = 64 * 1024)]
+    pub body_limit_bytes: usize,
+}
+
+/// The ingress: accepting jobs.
+#[derive(Args, Debug, Clone)]
+pub struct IngressConfig {
+    /// How long to wait for the broker to confirm a job before answering 503.
+    #[arg(long, env = "PUBLISH_TIMEOUT_MS", default_value_t = 5_000)]
+    pub publish_timeout_ms: u64,
+
+    /// Upper bound on `Prefer: wait=N`, in seconds.
+    #[arg(long, env = "MAX_WAIT_SECS", default_value_t = 30)]
+    pub max_wait_secs: u64,
+}
+
+impl IngressConfig {
+    pub fn publish_timeout(&self) -> Duration {
+        Duration::from_millis(self.publish_timeout_ms)
+    }
+}
+
+/// The order worker: applying jobs in micro-batches.
+#[derive(Args, Debug, Clone)]
+pub struct WorkerConfig {
+    /// Most jobs applied in one transaction.
+    #[arg(long, env = "WORKER_BATCH_SIZE", default_value_t = 64)]
+    pub worker_batch_size: usize,
+
+    /// How long to gather more jobs after the first one arrived, in milliseconds.
+    #[arg(long, env = "WORKER_BATCH_WAIT_MS", default_value_t = 5)]
+    pub worker_batch_wait_ms: u64,
+
+    /// Unacknowledged deliveries the broker may push to this worker.
+    #[arg(long, env = "WORKER_PREFETCH", default_value_t = 256)]
+    pub worker_prefetch: u16,
+}
+
+/// The outbox relay.
+#[derive(Args, Debug, Clone)]
+pub struct RelayConfig {
+    /// Most outbox rows sequenced and published per round.
+    #[arg(long, env = "RELAY_BATCH_SIZE", default_value_t = 500)]
+    pub relay_batch_size: i64,
+
+    /// Poll interval when no NOTIFY arrives (a fallback: NOTIFY is the usual wake-up).
+    #[arg(long, env = "RELAY_POLL_MS", default_value_t = 1_000)]
+    pub relay_poll_ms: u64,
+}
+
+/// The SSE bridge.
+#[derive(Args, Debug, Clone)]
+pub struct BridgeConfig {
+    /// Recent events kept in memory for fast resume; older ones replay from the outbox.
+    #[arg(long, env = "SSE_RING_CAPACITY", default_value_t = 10_000)]
+    pub sse_ring_capacity: usize,
+
+    /// Events buffered per connection; a client further behind is disconnected (it resumes
+    /// with Last-Event-ID).
+    #[arg(long, env = "SSE_CLIENT_BUFFER", default_value_t = 1_024)]
+    pub sse_client_buffer: usize,
+
+    /// Seconds between keep-alive comments.
+    #[arg(long, env = "SSE_KEEPALIVE_SECS", default_value_t = 15)]
+    pub sse_keepalive_secs: u64,
+
+    /// Reconnect delay suggested to clients (`retry:`), in milliseconds.
+    #[arg(long, env = "SSE_RETRY_MS", default_value_t = 2_000)]
+    pub sse_retry_ms: u64,
+}

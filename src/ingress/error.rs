@@ -1,0 +1,124 @@
+//! The one HTTP error type. Every failure becomes `{"error": {"code", "message"}}` with the
+//! status API.md gives; internal errors are logged with their cause and shown generically.
+
+use crate::broker::publisher::PublishError;
+use crate::domain::{RejectCode, Rejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Malformed JSON, wrong types, unknown fields, bad parameters.
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    /// No such resource — or one the caller may not know exists.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The state machine (or an early role check) refused the change.
+    #[error("{0}")]
+    Rejected(Rejection, Option<Uuid>),
+    /// A request conflicting with stored state outside the state machine.
+    #[error("{1}")]
+    Conflict(&'static str, String),
+    #[error("{1}")]
+    Unprocessable(&'static str, String),
+    #[error("request body too large")]
+    PayloadTooLarge,
+    /// Database or broker down: nothing was accepted.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Rejected(r, _) => (
+                StatusCode::from_u16(r.code.http_status()).expect("valid status"),
+                r.code.as_str(),
+            ),
+            ApiError::Conflict(code, _) => (StatusCode::CONFLICT, code),
+            ApiError::Unprocessable(code, _) => (StatusCode::UNPROCESSABLE_ENTITY, code),
+            ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+
+    pub fn forbidden(code: RejectCode, message: impl Into<String>) -> Self {
+        ApiError::Rejected(Rejection::new(code, message), None)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let message = match &self {
+            ApiError::Internal(e) => {
+                tracing::error!(error = ?e, "internal error");
+                "internal error".to_owned()
+            }
+            ApiError::Unavailable(why) => {
+                tracing::warn!(%why, "answering 503");
+                "a dependency is unavailable; nothing was accepted, retry later".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let mut body = json!({ "error": { "code": code, "message": message } });
+        if let ApiError::Rejected(_, Some(job_id)) = &self {
+            body["error"]["job_id"] = json!(job_id);
+        }
+        let mut response = (status, Json(body)).into_response();
+        if let ApiError::Unavailable(_) = self {
+            response.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        if crate::store::is_transient(&e) {
+            ApiError::Unavailable(format!("database: {e}"))
+        } else {
+            ApiError::Internal(anyhow::Error::new(e).context("database"))
+        }
+    }
+}
+
+impl From<PublishError> for ApiError {
+    fn from(e: PublishError) -> Self {
+        ApiError::Unavailable(e.to_string())
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        match r {
+            JsonRejection::BytesRejection(b) if b.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+            other => ApiError::BadRequest(other.body_text()),
+        }
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        ApiError::BadRequest(r.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::BadRequest(r.body_text())
+    }
+}

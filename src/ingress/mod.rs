@@ -1,0 +1,43 @@
+//! The HTTP ingress: accepts orders and change-status jobs, answers reads. It writes only
+//! what a request owns (an order at creation, a job row) and leaves every change of an
+//! existing order to the workers, through the queue.
+
+pub mod docs;
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod inventory;
+pub mod jobs;
+pub mod orders;
+
+use crate::auth::{HasKeys, Keys};
+use crate::broker::publisher::JobPublisher;
+use crate::config::IngressConfig;
+use axum::Router;
+use sqlx::PgPool;
+use std::sync::Arc;
+
+/// Everything a request handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct IngressState {
+    pub pool: PgPool,
+    pub keys: Keys,
+    pub publisher: Arc<JobPublisher>,
+    pub cfg: IngressConfig,
+}
+
+impl HasKeys for IngressState {
+    fn keys(&self) -> &Keys {
+        &self.keys
+    }
+}
+
+/// The ingress's routes (without the operational ones; see [`health`]).
+pub fn router(state: IngressState) -> Router {
+    Router::new()
+        .merge(orders::router())
+        .merge(inventory::router())
+        .merge(jobs::router())
+        .merge(docs::router())
+        .with_state(state)
+}

@@ -1,0 +1,132 @@
+//! The outbox relay: publishes committed outbox rows to `orderflow.events`.
+//!
+//! One relay is active at a time (a session-level Postgres advisory lock); others wait as
+//! hot standbys and take over when its session ends. Each round first republishes rows
+//! that were sequenced but not confirmed (a previous relay died mid-flight: same seqs, so
+//! consumers dedupe), then sequences new rows in id order, commits the seqs, publishes
+//! them with pipelined confirms and marks them published.
+
+use crate::broker::publisher::EventPublisher;
+use crate::broker::{self, Names};
+use crate::config::RelayConfig;
+use crate::store::outbox;
+use anyhow::Context;
+use sqlx::postgres::PgListener;
+use sqlx::pool::PoolConnection;
+use sqlx::{PgConnection, PgPool, Postgres};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// The advisory lock key of the active relay (per database).
+const RELAY_LOCK: i64 = 0x6f72_6465_7266_6c77; // "orderflw"
+
+/// The NOTIFY channel the outbox insert trigger signals.
+pub const OUTBOX_CHANNEL: &str = "orderflow_outbox";
+
+/// Outcome of one relay round, public so tests can drive the relay step by step.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Round {
+    /// Events were published; there may be more.
+    Published(usize),
+    /// Nothing left to publish.
+    Idle,
+}
+
+/// Run the relay until `shutdown`: wait to become active, then publish; start over after
+/// losing the database or the broker.
+pub async fn run(pool: PgPool, amqp_url: String, names: Names, cfg: RelayConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut delays = broker::reconnect_delays();
+    loop {
+        let started = Instant::now();
+        match session(&pool, &amqp_url, &names, &cfg, &shutdown).await {
+            Ok(()) => return Ok(()),
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "outbox relay session ended; starting over"),
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            delays = broker::reconnect_delays();
+        }
+        let delay = delays.next().unwrap_or(Duration::from_secs(5));
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Wait until this process holds the relay lock (or shutdown). The lock lives as long as
+/// the returned connection.
+async fn become_active(pool: &PgPool, shutdown: &CancellationToken) -> anyhow::Result<Option<PoolConnection<Postgres>>> {
+    let mut conn = pool.acquire().await.context("acquiring the relay lock connection")?;
+    let mut waiting_logged = false;
+    loop {
+        let locked: bool = sqlx::query_scalar("select pg_try_advisory_lock($1)").bind(RELAY_LOCK).fetch_one(&mut *conn).await?;
+        if locked {
+            // Never hand this session back to the pool: closing it is what frees the lock.
+            return Ok(Some(conn));
+        }
+        if !waiting_logged {
+            tracing::info!("another relay is active; standing by");
+            waiting_logged = true;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+async fn session(pool: &PgPool, url: &str, names: &Names, cfg: &RelayConfig, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    let Some(lock) = become_active(pool, shutdown).await? else { return Ok(()) };
+    let mut lock = lock.detach();
+    tracing::info!("outbox relay active");
+    let result = publish_loop(pool, &mut lock, url, names, cfg, shutdown).await;
+    // Closing the detached connection ends the session and releases the lock.
+    drop(lock);
+    result
+}
+
+async fn publish_loop(pool: &PgPool, lock: &mut PgConnection, url: &str, names: &Names, cfg: &RelayConfig, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    let mut listener = PgListener::connect_with(pool).await.context("connecting the NOTIFY listener")?;
+    listener.listen(OUTBOX_CHANNEL).await?;
+    let conn = broker::connect(url, "outbox-relay").await?;
+    let publisher = EventPublisher::open(&conn, names).await?;
+    let poll = Duration::from_millis(cfg.relay_poll_ms);
+    loop {
+        // The lock's session must still be alive, or a standby may have taken over.
+        sqlx::query("select 1").execute(&mut *lock).await.context("relay lock session lost")?;
+        // Drain: publish until a round finds nothing.
+        while let Round::Published(n) = round(pool, &publisher, cfg.relay_batch_size).await? {
+            tracing::debug!(events = n, "published");
+            if shutdown.is_cancelled() {
+                break;
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            n = listener.recv() => { n.context("NOTIFY listener")?; }
+            _ = tokio::time::sleep(poll) => {}
+        }
+    }
+    let _ = conn.close(200, "shutdown".into()).await;
+    tracing::info!("outbox relay stopped");
+    Ok(())
+}
+
+/// One round: republish what is sequenced but unconfirmed, else sequence and publish new rows.
+pub async fn round(pool: &PgPool, publisher: &EventPublisher, batch: i64) -> anyhow::Result<Round> {
+    let mut conn = pool.acquire().await?;
+    let mut pending = outbox::unpublished(&mut conn, batch).await?;
+    if pending.is_empty() {
+        let mut tx = pool.begin().await?;
+        let sequenced = outbox::assign_seqs(&mut tx, batch).await?;
+        tx.commit().await?;
+        if sequenced == 0 {
+            return Ok(Round::Idle);
+        }
+        pending = outbox::unpublished(&mut conn, batch).await?;
+    }
+    publisher.publish_all(&pending).await.context("publishing events")?;
+    let seqs: Vec<i64> = pending.iter().map(|e| e.seq).collect();
+    outbox::mark_published(&mut conn, &seqs).await?;
+    Ok(Round::Published(pending.len()))
+}

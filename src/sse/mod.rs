@@ -1,0 +1,254 @@
+//! The SSE bridge: its own queue bound to `orderflow.events` feeds a [`hub::Hub`]; each
+//! browser connection gets the events it may see, with `id:` = seq. A reconnect with
+//! `Last-Event-ID` resumes from memory when the ring covers the gap, else from the outbox
+//! table — so nothing is lost across bridge restarts within retention.
+
+pub mod hub;
+mod stream;
+
+use crate::auth::{HasKeys, Keys};
+use crate::broker::{self, Names};
+use crate::config::BridgeConfig;
+use crate::domain::{Actor, Role};
+use crate::event::Event;
+use crate::ingress::error::ApiError;
+use anyhow::Context;
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{KeepAlive, Sse};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use futures::StreamExt;
+use hub::Hub;
+use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use serde::Deserialize;
+use serde_json::json;
+use sqlx::PgPool;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Counters for `/orders/events/stats`.
+#[derive(Default)]
+pub struct Stats {
+    by_role: [AtomicU64; 4],
+    events_delivered: AtomicU64,
+    slow_disconnects: AtomicU64,
+    replayed_from_memory: AtomicU64,
+    replayed_from_db: AtomicU64,
+}
+
+fn role_index(role: Role) -> usize {
+    Role::ALL.iter().position(|r| *r == role).expect("role in ALL")
+}
+
+#[derive(Clone)]
+pub struct BridgeState {
+    pub keys: Keys,
+    pub pool: PgPool,
+    pub hub: Arc<Hub>,
+    pub stats: Arc<Stats>,
+    pub cfg: BridgeConfig,
+    pub instance: String,
+    pub shutdown: CancellationToken,
+}
+
+impl HasKeys for BridgeState {
+    fn keys(&self) -> &Keys {
+        &self.keys
+    }
+}
+
+impl BridgeState {
+    pub fn new(keys: Keys, pool: PgPool, cfg: BridgeConfig, shutdown: CancellationToken) -> Self {
+        BridgeState {
+            keys,
+            pool,
+            hub: Arc::new(Hub::new(cfg.sse_ring_capacity, cfg.sse_client_buffer.max(1024) * 4)),
+            stats: Arc::default(),
+            cfg,
+            instance: Uuid::new_v4().simple().to_string()[..12].to_owned(),
+            shutdown,
+        }
+    }
+}
+
+pub fn router(state: BridgeState) -> Router {
+    Router::new()
+        .route("/orders/events/subscribe", get(subscribe))
+        .route("/orders/events/stats", get(stats))
+        .with_state(state)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubscribeParams {
+    order_id: Option<Uuid>,
+    status: Option<crate::domain::OrderStatus>,
+    last_event_id: Option<i64>,
+    /// Read by the auth extractor; accepted here so it is not an unknown parameter.
+    #[allow(dead_code)]
+    access_token: Option<String>,
+}
+
+/// What one connection may and wants to see.
+#[derive(Debug, Clone)]
+pub(crate) struct Filter {
+    actor: Actor,
+    order_id: Option<Uuid>,
+    status: Option<String>,
+}
+
+impl Filter {
+    pub(crate) fn allows(&self, e: &Event) -> bool {
+        if e.event_type == crate::event::BULK_PROGRESS {
+            return self.actor.role.sees_all_orders() && self.order_id.is_none() && self.status.is_none();
+        }
+        let entitled = self.actor.role.sees_all_orders() || e.customer_id == Some(self.actor.id);
+        entitled
+            && self.order_id.is_none_or(|id| e.order_id == Some(id))
+            && self.status.as_ref().is_none_or(|s| e.to.as_deref() == Some(s.as_str()))
+    }
+}
+
+async fn subscribe(
+    State(state): State<BridgeState>,
+    actor: Actor,
+    headers: HeaderMap,
+    params: Result<Query<SubscribeParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Query(params) = params?;
+    let header_id = match headers.get("last-event-id") {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<i64>().ok())
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| ApiError::BadRequest("Last-Event-ID must be a non-negative integer".into()))?,
+        ),
+        None => None,
+    };
+    // The header wins: EventSource sends it on reconnect while the URL keeps the original query.
+    let resume = header_id.or(params.last_event_id);
+    if resume.is_some_and(|n| n < 0) {
+        return Err(ApiError::BadRequest("last_event_id must be a non-negative integer".into()));
+    }
+    let filter = Filter { actor, order_id: params.order_id, status: params.status.map(|s| s.to_string()) };
+    let body = stream::open(state.clone(), filter, resume).await?;
+    Ok(Sse::new(body).keep_alive(KeepAlive::new().interval(Duration::from_secs(state.cfg.sse_keepalive_secs))))
+}
+
+async fn stats(State(state): State<BridgeState>, actor: Actor) -> Result<impl IntoResponse, ApiError> {
+    if actor.role != Role::Admin {
+        return Err(ApiError::forbidden(crate::domain::RejectCode::ForbiddenRole, "only admins may read bridge stats"));
+    }
+    let s = &state.stats;
+    let by_role: serde_json::Map<String, serde_json::Value> = Role::ALL
+        .iter()
+        .map(|r| (r.as_str().to_owned(), json!(s.by_role[role_index(*r)].load(Ordering::Relaxed))))
+        .collect();
+    let total: u64 = s.by_role.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+    Ok(Json(json!({
+        "instance": state.instance,
+        "connections": { "total": total, "by_role": by_role },
+        "events_delivered": s.events_delivered.load(Ordering::Relaxed),
+        "slow_disconnects": s.slow_disconnects.load(Ordering::Relaxed),
+        "replayed_from_memory": s.replayed_from_memory.load(Ordering::Relaxed),
+        "replayed_from_db": s.replayed_from_db.load(Ordering::Relaxed),
+    })))
+}
+
+/// Feed the hub from the broker until `shutdown`, reconnecting whenever the broker is lost.
+pub async fn run_feed(state: BridgeState, amqp_url: String, names: Names) -> anyhow::Result<()> {
+    let mut delays = broker::reconnect_delays();
+    loop {
+        let started = Instant::now();
+        match feed_session(&state, &amqp_url, &names).await {
+            Ok(()) => return Ok(()),
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "SSE bridge lost its broker session; reconnecting"),
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            delays = broker::reconnect_delays();
+        }
+        let delay = delays.next().unwrap_or(Duration::from_secs(5));
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+async fn feed_session(state: &BridgeState, url: &str, names: &Names) -> anyhow::Result<()> {
+    let conn = broker::connect(url, "sse-bridge").await?;
+    let channel = conn.create_channel().await?;
+    broker::topology::declare(&channel, names).await.context("declaring topology")?;
+    let queue = names.sse_queue(&state.instance);
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_bind(queue.as_str().into(), names.events.as_str().into(), "#".into(), QueueBindOptions::default(), FieldTable::default())
+        .await?;
+    let mut consumer = channel
+        .basic_consume(queue.as_str().into(), "".into(), BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default())
+        .await?;
+    // Events published while this bridge was not bound are in the outbox: catch up, so
+    // live connections need not wait for the next event to notice the gap.
+    catch_up(state).await?;
+    tracing::info!(%queue, head = state.hub.head(), "SSE bridge consuming");
+    loop {
+        let next = tokio::select! {
+            _ = state.shutdown.cancelled() => break,
+            next = consumer.next() => next,
+        };
+        let Some(delivery) = next else { anyhow::bail!("consumer stream ended (channel closed)") };
+        let delivery = delivery.context("receiving an event")?;
+        match Event::parse(delivery.routing_key.as_str(), &delivery.data) {
+            Some(event) => {
+                let seq = event.seq;
+                if seq > state.hub.head() + 1 && state.hub.head() > 0 {
+                    // A hole (events the bridge missed): fill it from the outbox, in order.
+                    fill_hub(state, seq).await?;
+                }
+                state.hub.publish(event);
+            }
+            None => tracing::warn!(routing_key = %delivery.routing_key, "ignoring a message that is not an event"),
+        }
+    }
+    let _ = conn.close(200, "shutdown".into()).await;
+    Ok(())
+}
+
+/// At (re)connect: start the hub at the outbox's head the first time, else fill what was missed.
+async fn catch_up(state: &BridgeState) -> anyhow::Result<()> {
+    let mut conn = state.pool.acquire().await?;
+    if state.hub.head() == 0 {
+        let (_, max) = crate::store::outbox::seq_bounds(&mut conn).await?;
+        state.hub.advance_head(max.unwrap_or(0));
+        return Ok(());
+    }
+    drop(conn);
+    fill_hub(state, i64::MAX).await
+}
+
+/// Publish into the hub the outbox events after its head and before `before`.
+async fn fill_hub(state: &BridgeState, before: i64) -> anyhow::Result<()> {
+    let mut conn = state.pool.acquire().await?;
+    loop {
+        let events = crate::store::outbox::replay(&mut conn, state.hub.head(), Some(before), 1000).await?;
+        if events.is_empty() {
+            return Ok(());
+        }
+        for e in events {
+            state.hub.publish(e);
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! Connecting, creating the database on first start, and migrations (embedded).
+
+use crate::config::CommonConfig;
+use anyhow::Context;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgPool};
+use std::str::FromStr;
+use std::time::Duration;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// A pool on `DATABASE_URL`. Does not create anything.
+pub async fn connect(cfg: &CommonConfig) -> anyhow::Result<PgPool> {
+    let options = PgConnectOptions::from_str(&cfg.database_url)
+        .context("parsing DATABASE_URL")?
+        .log_statements(tracing::log::LevelFilter::Trace);
+    PgPoolOptions::new()
+        .max_connections(cfg.database_max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options)
+        .await
+        .with_context(|| format!("connecting to Postgres at {}", redact(&cfg.database_url)))
+}
+
+/// Create the database named in `DATABASE_URL` when it does not exist yet (first run).
+pub async fn create_if_missing(cfg: &CommonConfig) -> anyhow::Result<()> {
+    let target = PgConnectOptions::from_str(&cfg.database_url).context("parsing DATABASE_URL")?;
+    let Some(name) = target.get_database().map(str::to_owned) else { return Ok(()) };
+    let mut admin = target.clone().database("postgres").connect().await.with_context(|| {
+        format!("connecting to Postgres at {} to create the database", redact(&cfg.database_url))
+    })?;
+    let exists: bool = sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
+        .bind(&name)
+        .fetch_one(&mut admin)
+        .await?;
+    if !exists {
+        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+        match sqlx::query(&format!("create database {quoted}")).execute(&mut admin).await {
+            Ok(_) => tracing::info!(database = %name, "created database"),
+            // Another process created it at the same moment.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+            Err(e) => return Err(e).context("creating the database"),
+        }
+    }
+    admin.close().await.ok();
+    Ok(())
+}
+
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    MIGRATOR.run(pool).await.context("applying migrations")
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}

@@ -1,0 +1,101 @@
+//! The append-only audit log: one row per committed change (and one for creation).
+
+use crate::domain::Role;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+pub struct NewEntry<'a> {
+    pub order_id: Uuid,
+    pub from: Option<&'a str>,
+    pub to: &'a str,
+    pub action: &'a str,
+    pub actor_id: Uuid,
+    pub actor_role: Role,
+    pub reason: Option<&'a str>,
+    pub job_id: Option<Uuid>,
+    pub bulk_id: Option<Uuid>,
+    pub version: i64,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Entry {
+    pub from_status: Option<String>,
+    pub to_status: String,
+    pub action: String,
+    pub actor_id: Uuid,
+    pub actor_role: String,
+    pub reason: Option<String>,
+    pub job_id: Option<Uuid>,
+    pub bulk_id: Option<Uuid>,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The public shape of a history row (API.md).
+#[derive(Debug, Serialize)]
+pub struct EntryView {
+    pub from: Option<String>,
+    pub to: String,
+    pub action: String,
+    pub actor: ActorView,
+    pub reason: Option<String>,
+    pub job_id: Option<Uuid>,
+    pub bulk_id: Option<Uuid>,
+    pub version: i64,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ActorView {
+    pub id: Uuid,
+    pub role: String,
+}
+
+impl From<Entry> for EntryView {
+    fn from(e: Entry) -> Self {
+        EntryView {
+            from: e.from_status,
+            to: e.to_status,
+            action: e.action,
+            actor: ActorView { id: e.actor_id, role: e.actor_role },
+            reason: e.reason,
+            job_id: e.job_id,
+            bulk_id: e.bulk_id,
+            version: e.version,
+            at: e.created_at,
+        }
+    }
+}
+
+pub async fn insert(conn: &mut PgConnection, e: &NewEntry<'_>) -> sqlx::Result<()> {
+    sqlx::query(
+        "insert into order_status_history
+           (order_id, from_status, to_status, action, actor_id, actor_role, reason, job_id, bulk_id, version)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(e.order_id)
+    .bind(e.from)
+    .bind(e.to)
+    .bind(e.action)
+    .bind(e.actor_id)
+    .bind(e.actor_role.as_str())
+    .bind(e.reason)
+    .bind(e.job_id)
+    .bind(e.bulk_id)
+    .bind(e.version)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn for_order(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Result<Vec<Entry>> {
+    sqlx::query_as(
+        "select from_status, to_status, action, actor_id, actor_role, reason, job_id, bulk_id, version, created_at
+         from order_status_history where order_id = $1 order by id",
+    )
+    .bind(order_id)
+    .fetch_all(conn)
+    .await
+}

@@ -1,0 +1,66 @@
+//! Stock per sku. Reservations move with the order state machine's stock effects.
+
+use serde::Serialize;
+use sqlx::PgConnection;
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Stock {
+    pub sku: String,
+    pub on_hand: i64,
+    pub reserved: i64,
+    pub available: i64,
+}
+
+const COLUMNS: &str = "sku, on_hand, reserved, on_hand - reserved as available";
+
+/// Set the on-hand count. Fails with a check violation when it would go below what is reserved.
+pub async fn set_on_hand(conn: &mut PgConnection, sku: &str, on_hand: i64) -> sqlx::Result<Stock> {
+    sqlx::query_as(&format!(
+        "insert into inventory (sku, on_hand) values ($1, $2)
+         on conflict (sku) do update set on_hand = excluded.on_hand, updated_at = now()
+         returning {COLUMNS}"
+    ))
+    .bind(sku)
+    .bind(on_hand)
+    .fetch_one(conn)
+    .await
+}
+
+pub async fn get(conn: &mut PgConnection, sku: &str) -> sqlx::Result<Option<Stock>> {
+    sqlx::query_as(&format!("select {COLUMNS} from inventory where sku = $1"))
+        .bind(sku)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Lock the tracked skus among `skus` (in sku order, so concurrent batches cannot deadlock).
+pub async fn lock_many(conn: &mut PgConnection, skus: &[String]) -> sqlx::Result<Vec<Stock>> {
+    sqlx::query_as(&format!(
+        "select {COLUMNS} from inventory where sku = any($1) order by sku for update"
+    ))
+    .bind(skus)
+    .fetch_all(conn)
+    .await
+}
+
+/// Add `deltas` (sku, reserved delta, on_hand delta) to tracked skus; untracked skus are ignored.
+pub async fn adjust(conn: &mut PgConnection, deltas: &[(String, i64, i64)]) -> sqlx::Result<()> {
+    if deltas.is_empty() {
+        return Ok(());
+    }
+    let skus: Vec<&str> = deltas.iter().map(|d| d.0.as_str()).collect();
+    let reserved: Vec<i64> = deltas.iter().map(|d| d.1).collect();
+    let on_hand: Vec<i64> = deltas.iter().map(|d| d.2).collect();
+    sqlx::query(
+        "update inventory i set reserved = i.reserved + d.reserved, on_hand = i.on_hand + d.on_hand, updated_at = now()
+         from (select sku, sum(r) as reserved, sum(o) as on_hand
+               from unnest($1::text[], $2::bigint[], $3::bigint[]) as t(sku, r, o) group by sku) d
+         where i.sku = d.sku",
+    )
+    .bind(&skus)
+    .bind(&reserved)
+    .bind(&on_hand)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,167 @@
+//! Jobs: one row per accepted request, from `queued` to exactly one terminal state.
+
+use crate::domain::Role;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+pub const KIND_CHANGE_STATUS: &str = "change_status";
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Job {
+    pub id: Uuid,
+    pub kind: String,
+    pub order_id: Option<Uuid>,
+    pub bulk_id: Option<Uuid>,
+    pub actor_id: Uuid,
+    #[sqlx(try_from = "String")]
+    pub actor_role: Role,
+    pub payload: Value,
+    pub status: String,
+    pub attempts: i32,
+    pub result: Option<Value>,
+    pub error: Option<Value>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Job {
+    pub fn is_terminal(&self) -> bool {
+        matches!(self.status.as_str(), "succeeded" | "rejected" | "dead" | "cancelled")
+    }
+}
+
+/// The public shape of a job (API.md, "Jobs").
+#[derive(Debug, Serialize)]
+pub struct JobView {
+    pub id: Uuid,
+    pub kind: String,
+    pub status: String,
+    pub attempts: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bulk_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<Value>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<Job> for JobView {
+    fn from(j: Job) -> Self {
+        JobView {
+            id: j.id,
+            kind: j.kind,
+            status: j.status,
+            attempts: j.attempts,
+            order_id: j.order_id,
+            bulk_id: j.bulk_id,
+            result: j.result,
+            error: j.error,
+            created_at: j.created_at,
+            updated_at: j.updated_at,
+        }
+    }
+}
+
+const COLUMNS: &str = "id, kind, order_id, bulk_id, actor_id, actor_role, payload, status, attempts, result, error, created_at, updated_at";
+
+pub struct NewJob<'a> {
+    pub id: Uuid,
+    pub kind: &'a str,
+    pub order_id: Option<Uuid>,
+    pub actor_id: Uuid,
+    pub actor_role: Role,
+    pub payload: &'a Value,
+    pub idempotency_key: Option<&'a str>,
+}
+
+/// Insert a queued job. `None` when the actor already used this idempotency key.
+pub async fn insert(conn: &mut PgConnection, j: &NewJob<'_>) -> sqlx::Result<Option<Job>> {
+    sqlx::query_as(&format!(
+        "insert into jobs (id, kind, order_id, actor_id, actor_role, payload, idempotency_key)
+         values ($1, $2, $3, $4, $5, $6, $7)
+         on conflict (actor_id, idempotency_key) where idempotency_key is not null do nothing
+         returning {COLUMNS}"
+    ))
+    .bind(j.id)
+    .bind(j.kind)
+    .bind(j.order_id)
+    .bind(j.actor_id)
+    .bind(j.actor_role.as_str())
+    .bind(j.payload)
+    .bind(j.idempotency_key)
+    .fetch_optional(conn)
+    .await
+}
+
+pub async fn by_idempotency_key(conn: &mut PgConnection, actor_id: Uuid, key: &str) -> sqlx::Result<Option<Job>> {
+    sqlx::query_as(&format!("select {COLUMNS} from jobs where actor_id = $1 and idempotency_key = $2"))
+        .bind(actor_id)
+        .bind(key)
+        .fetch_optional(conn)
+        .await
+}
+
+pub async fn get(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<Job>> {
+    sqlx::query_as(&format!("select {COLUMNS} from jobs where id = $1"))
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Forget a job that was never durably queued (the broker did not confirm it): the client
+/// got a 503, so nothing was accepted, and a retry with the same idempotency key may queue it.
+pub async fn delete_unqueued(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<()> {
+    sqlx::query("delete from jobs where id = $1 and status = 'queued'")
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Claim the given jobs for this transaction. A job not returned was already finished (or
+/// never existed): its delivery is a duplicate and must change nothing.
+pub async fn claim(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<Job>> {
+    sqlx::query_as(&format!(
+        "update jobs set status = 'running', attempts = attempts + 1, updated_at = now()
+         where id = any($1) and status in ('queued', 'retrying')
+         returning {COLUMNS}"
+    ))
+    .bind(ids)
+    .fetch_all(conn)
+    .await
+}
+
+/// Record a job's terminal outcome.
+pub async fn finish(
+    conn: &mut PgConnection,
+    id: Uuid,
+    status: &str,
+    result: Option<&Value>,
+    error: Option<&Value>,
+) -> sqlx::Result<()> {
+    sqlx::query("update jobs set status = $2, result = $3, error = $4, updated_at = now() where id = $1")
+        .bind(id)
+        .bind(status)
+        .bind(result)
+        .bind(error)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Park a job that cannot be applied (a defect, not a business rejection) with its error.
+pub async fn mark_dead(conn: &mut PgConnection, id: Uuid, error: &Value) -> sqlx::Result<()> {
+    sqlx::query("update jobs set status = 'dead', error = $2, updated_at = now() where id = $1 and status in ('queued', 'retrying')")
+        .bind(id)
+        .bind(error)
+        .execute(conn)
+        .await?;
+    Ok(())
+}

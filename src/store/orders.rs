@@ -1,0 +1,145 @@
+//! Orders and their items.
+
+use crate::domain::{OrderStatus, PaymentStatus};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Order {
+    pub id: Uuid,
+    pub customer_id: Uuid,
+    #[sqlx(try_from = "String")]
+    pub status: OrderStatus,
+    #[sqlx(try_from = "String")]
+    pub payment_status: PaymentStatus,
+    pub total_cents: i64,
+    pub currency: String,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct OrderItem {
+    #[serde(skip)]
+    pub order_id: Uuid,
+    pub sku: String,
+    pub quantity: i32,
+    pub unit_price_cents: i64,
+}
+
+pub struct NewOrder<'a> {
+    pub id: Uuid,
+    pub customer_id: Uuid,
+    pub currency: &'a str,
+    pub total_cents: i64,
+    pub items: &'a [NewItem],
+}
+
+#[derive(Debug, Clone)]
+pub struct NewItem {
+    pub sku: String,
+    pub quantity: i32,
+    pub unit_price_cents: i64,
+}
+
+const COLUMNS: &str =
+    "id, customer_id, status, payment_status, total_cents, currency, version, created_at, updated_at";
+
+pub async fn insert(conn: &mut PgConnection, new: &NewOrder<'_>) -> sqlx::Result<Order> {
+    let order: Order = sqlx::query_as(&format!(
+        "insert into orders (id, customer_id, total_cents, currency) values ($1, $2, $3, $4) returning {COLUMNS}"
+    ))
+    .bind(new.id)
+    .bind(new.customer_id)
+    .bind(new.total_cents)
+    .bind(new.currency)
+    .fetch_one(&mut *conn)
+    .await?;
+    let lines: Vec<i32> = (1..=new.items.len() as i32).collect();
+    let skus: Vec<&str> = new.items.iter().map(|i| i.sku.as_str()).collect();
+    let quantities: Vec<i32> = new.items.iter().map(|i| i.quantity).collect();
+    let prices: Vec<i64> = new.items.iter().map(|i| i.unit_price_cents).collect();
+    sqlx::query(
+        "insert into order_items (order_id, line, sku, quantity, unit_price_cents)
+         select $1, * from unnest($2::int[], $3::text[], $4::int[], $5::bigint[])",
+    )
+    .bind(new.id)
+    .bind(&lines)
+    .bind(&skus)
+    .bind(&quantities)
+    .bind(&prices)
+    .execute(&mut *conn)
+    .await?;
+    Ok(order)
+}
+
+pub async fn get(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<Order>> {
+    sqlx::query_as(&format!("select {COLUMNS} from orders where id = $1"))
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Lock the orders for update, in id order so that concurrent batches never deadlock.
+pub async fn lock_many(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<Order>> {
+    sqlx::query_as(&format!(
+        "select {COLUMNS} from orders where id = any($1) order by id for update"
+    ))
+    .bind(ids)
+    .fetch_all(conn)
+    .await
+}
+
+pub async fn items(conn: &mut PgConnection, order_ids: &[Uuid]) -> sqlx::Result<Vec<OrderItem>> {
+    sqlx::query_as(
+        "select order_id, sku, quantity, unit_price_cents from order_items
+         where order_id = any($1) order by order_id, line",
+    )
+    .bind(order_ids)
+    .fetch_all(conn)
+    .await
+}
+
+/// Write a new status and payment status, bumping the version; returns the new row.
+pub async fn update_state(
+    conn: &mut PgConnection,
+    id: Uuid,
+    status: OrderStatus,
+    payment_status: PaymentStatus,
+) -> sqlx::Result<Order> {
+    sqlx::query_as(&format!(
+        "update orders set status = $2, payment_status = $3, version = version + 1, updated_at = now()
+         where id = $1 returning {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(status.as_str())
+    .bind(payment_status.as_str())
+    .fetch_one(conn)
+    .await
+}
+
+/// One page of orders, newest first (ids are UUIDv7, so id order is creation order).
+pub async fn list(
+    conn: &mut PgConnection,
+    customer_id: Option<Uuid>,
+    status: Option<OrderStatus>,
+    before: Option<Uuid>,
+    limit: i64,
+) -> sqlx::Result<Vec<Order>> {
+    sqlx::query_as(&format!(
+        "select {COLUMNS} from orders
+         where ($1::uuid is null or customer_id = $1)
+           and ($2::text is null or status = $2)
+           and ($3::uuid is null or id < $3)
+         order by id desc limit $4"
+    ))
+    .bind(customer_id)
+    .bind(status.map(|s| s.as_str()))
+    .bind(before)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
