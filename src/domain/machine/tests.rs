@@ -37,8 +37,8 @@ fn oracle(
     tracking: bool,
     version_ok: bool,
 ) -> Result<OrderStatus, RejectCode> {
-    use OrderStatus::*;
-    use PaymentStatus::*;
+    use OrderStatus::{Cancelled, Confirmed, Delivered, Pending, Processing, Refunded, Shipped};
+    use PaymentStatus::{Paid, Unpaid};
     use RejectCode::*;
     let roles: &[Role] = match action {
         Action::MarkPaid | Action::Confirm | Action::Deliver | Action::Refund => &[Role::Admin, Role::System],
@@ -131,8 +131,8 @@ const ADMIN: Actor = Actor { id: STRANGER, role: Role::Admin };
 
 #[test]
 fn effects_follow_the_table() {
-    use OrderStatus::*;
-    use PaymentStatus::*;
+    use OrderStatus::{Confirmed, Delivered, Pending, Processing, Refunded};
+    use PaymentStatus::{Paid, Unpaid};
     let stock = lines(Stock::Enough);
     let req = ChangeRequest { expected_version: None, tracking_number: Some("T") };
     let d = |s, p, a| decide(&ctx(s, p, &stock), &ADMIN, a, &req).unwrap();
