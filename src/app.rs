@@ -48,9 +48,9 @@ fn keys(http: &HttpConfig) -> Keys {
     Keys::new(&http.jwt_secret)
 }
 
-fn ingress_parts(common: &CommonConfig, http: &HttpConfig, cfg: &IngressConfig, pool: &PgPool) -> (Router, Arc<JobPublisher>) {
-    let publisher = Arc::new(JobPublisher::new(&common.amqp_url, Names::new(&common.namespace), cfg.publish_timeout()));
-    let state = IngressState { pool: pool.clone(), keys: keys(http), publisher: publisher.clone(), cfg: cfg.clone() };
+fn ingress_parts(common: &CommonConfig, keys: Keys, cfg: &IngressConfig, pool: &PgPool) -> (Router, Arc<JobPublisher>) {
+    let publisher = Arc::new(JobPublisher::new(&common.amqp_url, Names::from_config(common), cfg.publish_timeout()));
+    let state = IngressState { pool: pool.clone(), keys, publisher: publisher.clone(), cfg: cfg.clone() };
     (ingress::router(state), publisher)
 }
 
@@ -71,7 +71,7 @@ async fn join_all(mut tasks: JoinSet<anyhow::Result<()>>, shutdown: Cancellation
 /// `orderflow serve`: the HTTP ingress alone.
 pub async fn run_ingress(common: CommonConfig, http: HttpConfig, cfg: IngressConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let pool = db::connect(&common).await?;
-    let (router, publisher) = ingress_parts(&common, &http, &cfg, &pool);
+    let (router, publisher) = ingress_parts(&common, keys(&http), &cfg, &pool);
     if let Err(e) = publisher.check_ready().await {
         tracing::warn!(error = %e, "broker not reachable yet; change-status answers 503 until it is");
     }
@@ -81,13 +81,13 @@ pub async fn run_ingress(common: CommonConfig, http: HttpConfig, cfg: IngressCon
 /// `order-worker`.
 pub async fn run_worker(common: CommonConfig, cfg: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let pool = db::connect(&common).await?;
-    worker::run(pool, common.amqp_url.clone(), Names::new(&common.namespace), cfg, shutdown).await
+    worker::run(pool, &common, cfg, shutdown).await
 }
 
 /// `outbox-relay`.
 pub async fn run_relay(common: CommonConfig, cfg: RelayConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let pool = db::connect(&common).await?;
-    relay::run(pool, common.amqp_url.clone(), Names::new(&common.namespace), cfg, shutdown).await
+    relay::run(pool, common.amqp_url.clone(), Names::from_config(&common), cfg, shutdown).await
 }
 
 /// `sse-bridge`: the live event streams, on their own HTTP port.
@@ -95,7 +95,7 @@ pub async fn run_bridge(common: CommonConfig, http: HttpConfig, cfg: BridgeConfi
     let pool = db::connect(&common).await?;
     let state = BridgeState::new(keys(&http), pool.clone(), cfg, shutdown.clone());
     let mut tasks = JoinSet::new();
-    tasks.spawn(sse::run_feed(state.clone(), common.amqp_url.clone(), Names::new(&common.namespace)));
+    tasks.spawn(sse::run_feed(state.clone(), common.amqp_url.clone(), Names::from_config(&common)));
     let router = sse::router(state).merge(health::router(pool, None));
     let token = shutdown.clone();
     tasks.spawn(async move { serve_http(&http, router, token).await });
@@ -118,14 +118,16 @@ pub async fn run_all(cfg: AllConfig, shutdown: CancellationToken) -> anyhow::Res
     db::create_if_missing(&cfg.common).await?;
     let pool = db::connect(&cfg.common).await?;
     db::migrate(&pool).await?;
-    let names = Names::new(&cfg.common.namespace);
-    let (ingress_router, publisher) = ingress_parts(&cfg.common, &cfg.http, &cfg.ingress, &pool);
+    let names = Names::from_config(&cfg.common);
+    let keys = keys(&cfg.http);
+    let (ingress_router, publisher) = ingress_parts(&cfg.common, keys.clone(), &cfg.ingress, &pool);
     // Declares the topology before anything is accepted.
     publisher.check_ready().await.context("reaching RabbitMQ")?;
-    let bridge = BridgeState::new(keys(&cfg.http), pool.clone(), cfg.bridge, shutdown.clone());
+    let bridge = BridgeState::new(keys, pool.clone(), cfg.bridge, shutdown.clone());
 
     let mut tasks = JoinSet::new();
-    tasks.spawn(worker::run(pool.clone(), cfg.common.amqp_url.clone(), names.clone(), cfg.worker, shutdown.clone()));
+    let (wpool, wcommon, wcfg, wstop) = (pool.clone(), cfg.common.clone(), cfg.worker, shutdown.clone());
+    tasks.spawn(async move { worker::run(wpool, &wcommon, wcfg, wstop).await });
     tasks.spawn(relay::run(pool.clone(), cfg.common.amqp_url.clone(), names.clone(), cfg.relay, shutdown.clone()));
     tasks.spawn(sse::run_feed(bridge.clone(), cfg.common.amqp_url.clone(), names));
     let router = ingress_router.merge(sse::router(bridge)).merge(health::router(pool, Some(publisher)));

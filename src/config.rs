@@ -28,6 +28,19 @@ pub struct CommonConfig {
     /// one broker. Empty: the names in API.md.
     #[arg(long, env = "ORDERFLOW_NAMESPACE", default_value = "")]
     pub namespace: String,
+
+    /// Deliveries a failing job gets before it is parked in `orderflow.jobs.dead` (every
+    /// process must agree: the delay queues are declared from it).
+    #[arg(long, env = "JOB_MAX_ATTEMPTS", default_value_t = 5)]
+    pub job_max_attempts: u32,
+
+    /// First retry delay in milliseconds; each next step is four times longer.
+    #[arg(long, env = "JOB_RETRY_BASE_MS", default_value_t = 1_000)]
+    pub job_retry_base_ms: u64,
+
+    /// The broker's ceiling on redeliveries of one job message (a crash loop ends there).
+    #[arg(long, env = "JOB_DELIVERY_LIMIT", default_value_t = 20)]
+    pub job_delivery_limit: u32,
 }
 
 /// The HTTP side of a process that serves requests.
@@ -78,6 +91,28 @@ pub struct WorkerConfig {
     /// Unacknowledged deliveries the broker may push to this worker.
     #[arg(long, env = "WORKER_PREFETCH", default_value_t = 256)]
     pub worker_prefetch: u16,
+
+    /// Most changes this worker applies per second, over all customers (0: no limit).
+    #[arg(long, env = "WORKER_RATE_GLOBAL", default_value_t = 5_000)]
+    pub worker_rate_global: u32,
+
+    /// Most changes this worker applies per second for one customer's orders (0: no limit).
+    #[arg(long, env = "WORKER_RATE_PER_CUSTOMER", default_value_t = 50)]
+    pub worker_rate_per_customer: u32,
+
+    /// Seconds after which a job still `queued` or `retrying` is published again (the
+    /// ingress died between insert and publish, or a message was lost).
+    #[arg(long, env = "SWEEP_AFTER_SECS", default_value_t = 120)]
+    pub sweep_after_secs: u64,
+
+    /// Seconds between sweeps for such jobs (0: this worker does not sweep).
+    #[arg(long, env = "SWEEP_INTERVAL_SECS", default_value_t = 15)]
+    pub sweep_interval_secs: u64,
+
+    /// Fault injection for tests: abort the process after every Nth committed batch,
+    /// before acknowledging it (0: never). Proves that a redelivery applies nothing twice.
+    #[arg(long, env = "ORDERFLOW_CRASH_AFTER_COMMIT_EVERY", default_value_t = 0)]
+    pub crash_after_commit_every: u64,
 }
 
 /// The outbox relay.

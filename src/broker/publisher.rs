@@ -150,12 +150,16 @@ impl JobPublisher {
     }
 
     /// Publish a job and wait for the broker's confirm. With `reply`, the worker answers on
-    /// direct reply-to once the job's outcome is committed.
-    pub async fn publish(&self, msg: &JobMessage, actor: &Actor, reply: bool) -> Result<(), PublishError> {
+    /// direct reply-to once the job's outcome is committed. `customer_id` (the order's
+    /// owner) lets workers apply per-customer rate limits.
+    pub async fn publish(&self, msg: &JobMessage, actor: &Actor, customer_id: Option<Uuid>, reply: bool) -> Result<(), PublishError> {
         let session = self.session().await?;
         let body = serde_json::to_vec(msg).expect("job message serializes");
         let mut headers = FieldTable::default();
         headers.insert("actor".into(), AMQPValue::LongString(format!("{}:{}", actor.role, actor.id).into()));
+        if let Some(customer_id) = customer_id {
+            headers.insert("customer_id".into(), AMQPValue::LongString(customer_id.to_string().into()));
+        }
         let mut props = BasicProperties::default()
             .with_message_id(msg.job_id.to_string().into())
             .with_content_type("application/json".into())

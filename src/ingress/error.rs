@@ -21,7 +21,7 @@ pub enum ApiError {
     #[error("{0} not found")]
     NotFound(&'static str),
     /// The state machine (or an early role check) refused the change.
-    #[error("{0}")]
+    #[error("{}", .0.message)]
     Rejected(Rejection, Option<Uuid>),
     /// A request conflicting with stored state outside the state machine.
     #[error("{1}")]

@@ -304,7 +304,7 @@ async fn change_status(
             return Err(ApiError::forbidden(RejectCode::ForbiddenRole, format!("role `{}` may not {action}", actor.role)));
         }
     }
-    visible_order(&state, &actor, id).await?;
+    let order = visible_order(&state, &actor, id).await?;
 
     let payload = serde_json::to_value(ChangeStatus {
         action: body.action,
@@ -344,7 +344,7 @@ async fn change_status(
     drop(conn);
 
     let waiter = wait.map(|_| state.publisher.expect_reply(job_id));
-    if let Err(e) = state.publisher.publish(&JobMessage { job_id }, &actor, waiter.is_some()).await {
+    if let Err(e) = state.publisher.publish(&JobMessage { job_id }, &actor, Some(order.customer_id), waiter.is_some()).await {
         // Not durably queued: forget the job so nothing looks accepted, then say 503.
         if let Err(del) = jobs::delete_unqueued(&mut *state.pool.acquire().await?, job_id).await {
             tracing::error!(error = %del, "could not remove an unqueued job; the sweeper will requeue it");

@@ -165,3 +165,45 @@ pub async fn mark_dead(conn: &mut PgConnection, id: Uuid, error: &Value) -> sqlx
         .await?;
     Ok(())
 }
+
+/// Note that a job failed an attempt and waits in a delay queue for the next one.
+pub async fn mark_retrying(conn: &mut PgConnection, id: Uuid, attempts: i32, error: &Value) -> sqlx::Result<()> {
+    sqlx::query(
+        "update jobs set status = 'retrying', attempts = greatest(attempts, $2), error = $3, updated_at = now()
+         where id = $1 and status in ('queued', 'retrying')",
+    )
+    .bind(id)
+    .bind(attempts)
+    .bind(error)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A job to publish again, with what its message headers need.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Stale {
+    pub id: Uuid,
+    pub actor_id: Uuid,
+    #[sqlx(try_from = "String")]
+    pub actor_role: Role,
+    pub customer_id: Option<Uuid>,
+}
+
+/// Take up to `limit` jobs still `queued` or `retrying` after `older_than_secs`, touching
+/// them so concurrent sweepers (and the next sweep) leave them alone for another period.
+pub async fn take_stale(conn: &mut PgConnection, older_than_secs: f64, limit: i64) -> sqlx::Result<Vec<Stale>> {
+    sqlx::query_as(
+        "update jobs j set updated_at = now()
+         from (select id from jobs
+               where status in ('queued', 'retrying') and updated_at < now() - make_interval(secs => $1)
+               order by updated_at limit $2 for update skip locked) s
+         where j.id = s.id
+         returning j.id, j.actor_id, j.actor_role,
+                   (select customer_id from orders o where o.id = j.order_id) as customer_id",
+    )
+    .bind(older_than_secs)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}

@@ -22,6 +22,8 @@ pub enum Outcome {
     Dead(String),
     /// Already finished (a redelivery) or unknown: nothing was changed.
     Duplicate,
+    /// Not applied: the worker sent it to a delay queue (or the dead queue) after a failure.
+    Deferred,
 }
 
 /// Per job id, in delivery order.
@@ -80,7 +82,7 @@ async fn apply_in(conn: &mut PgConnection, job_ids: &[Uuid]) -> sqlx::Result<Rep
             }
             Outcome::Rejected(r) => ("rejected", None, Some(json!({ "code": r.code, "message": r.message }))),
             Outcome::Dead(why) => ("dead", None, Some(json!({ "code": "invalid_job", "message": why }))),
-            Outcome::Duplicate => unreachable!("claimed jobs are not duplicates"),
+            Outcome::Duplicate | Outcome::Deferred => unreachable!("apply_one decides, it does not defer"),
         };
         jobs::finish(conn, job.id, status, result.as_ref(), error.as_ref()).await?;
         report.push((*id, outcome));

@@ -1,32 +1,69 @@
 //! The order worker: consumes `orderflow.jobs`, gathers micro-batches, applies each batch
 //! in one transaction, and only then acks — so a crash before the commit redelivers the
 //! jobs and a crash after it finds them claimed (nothing applies twice).
+//!
+//! A batch that fails transiently is retried in-process (backon); still failing, each of
+//! its jobs goes to its delay queue or, out of attempts, to the dead queue ([`retry`]).
+//! Business rejections are outcomes, not failures: recorded, never retried.
 
 pub mod apply;
+mod delivery;
+mod limits;
+pub mod retry;
+pub mod sweeper;
 
+use crate::broker::publisher::JobPublisher;
 use crate::broker::{self, topology, Names};
-use crate::config::WorkerConfig;
-use crate::job::JobMessage;
+use crate::config::{CommonConfig, WorkerConfig};
 use anyhow::Context;
 use apply::Outcome;
 use backon::{ExponentialBuilder, Retryable};
+use delivery::JobDelivery;
 use futures::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Consumer};
+use limits::Limits;
+use retry::Disposition;
+use serde_json::json;
 use sqlx::PgPool;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// Run the worker until `shutdown`, reconnecting to the broker whenever it is lost.
-pub async fn run(pool: PgPool, amqp_url: String, names: Names, cfg: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// Everything one worker process shares across broker sessions.
+struct Worker {
+    pool: PgPool,
+    names: Names,
+    cfg: WorkerConfig,
+    limits: Limits,
+    committed_batches: AtomicU64,
+}
+
+/// Run the worker (and its sweeper) until `shutdown`, reconnecting whenever the broker is lost.
+pub async fn run(pool: PgPool, common: &CommonConfig, cfg: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let names = Names::from_config(common);
+    let sweeper = (cfg.sweep_interval_secs > 0).then(|| {
+        let publisher = JobPublisher::new(&common.amqp_url, names.clone(), Duration::from_secs(5));
+        // Jobs in a delay queue are not stale: wait out the longest backoff before sweeping them.
+        let longest = names.retry.steps().last().map(|a| names.retry.delay_after(a)).unwrap_or_default();
+        let older_than = Duration::from_secs(cfg.sweep_after_secs).max(longest * 2);
+        tokio::spawn(sweeper::run(pool.clone(), publisher, older_than, Duration::from_secs(cfg.sweep_interval_secs), shutdown.clone()))
+    });
+    let worker = Worker {
+        limits: Limits::new(cfg.worker_rate_global, cfg.worker_rate_per_customer, cfg.worker_batch_size),
+        pool,
+        names,
+        cfg,
+        committed_batches: AtomicU64::new(0),
+    };
     let mut delays = broker::reconnect_delays();
     loop {
         let started = Instant::now();
-        match session(&pool, &amqp_url, &names, &cfg, &shutdown).await {
-            Ok(()) => return Ok(()),
+        match worker.session(&common.amqp_url, &shutdown).await {
+            Ok(()) => break,
             Err(e) => tracing::warn!(error = format!("{e:#}"), "order worker lost its broker session; reconnecting"),
         }
         if started.elapsed() > Duration::from_secs(30) {
@@ -34,105 +71,175 @@ pub async fn run(pool: PgPool, amqp_url: String, names: Names, cfg: WorkerConfig
         }
         let delay = delays.next().unwrap_or(Duration::from_secs(5));
         tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(delay) => {}
         }
     }
-}
-
-/// One broker connection's lifetime: declare, consume, apply batches. Returns Ok on shutdown.
-async fn session(pool: &PgPool, url: &str, names: &Names, cfg: &WorkerConfig, shutdown: &CancellationToken) -> anyhow::Result<()> {
-    let conn = broker::connect(url, "order-worker").await?;
-    let channel = conn.create_channel().await?;
-    topology::declare(&channel, names).await.context("declaring topology")?;
-    channel.basic_qos(cfg.worker_prefetch, BasicQosOptions::default()).await?;
-    let replies = conn.create_channel().await?;
-    let mut consumer = channel
-        .basic_consume(names.jobs.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
-        .await?;
-    tracing::info!(queue = %names.jobs, prefetch = cfg.worker_prefetch, batch = cfg.worker_batch_size, "order worker consuming");
-
-    loop {
-        let first = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            next = consumer.next() => next,
-        };
-        let Some(first) = first else { anyhow::bail!("consumer stream ended (channel closed)") };
-        let mut batch = vec![first.context("receiving a delivery")?];
-        gather(&mut consumer, &mut batch, cfg).await?;
-        // The batch in hand is finished even when shutdown arrives meanwhile.
-        process(pool, &replies, batch).await?;
-    }
-    let _ = channel.close(200, "shutdown".into()).await;
-    let _ = conn.close(200, "shutdown".into()).await;
-    tracing::info!("order worker stopped");
-    Ok(())
-}
-
-/// Add deliveries that arrive within the batch window, up to the batch size.
-async fn gather(consumer: &mut Consumer, batch: &mut Vec<Delivery>, cfg: &WorkerConfig) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(cfg.worker_batch_wait_ms);
-    while batch.len() < cfg.worker_batch_size {
-        match tokio::time::timeout_at(deadline, consumer.next()).await {
-            Ok(Some(d)) => batch.push(d.context("receiving a delivery")?),
-            Ok(None) => anyhow::bail!("consumer stream ended (channel closed)"),
-            Err(_) => break,
-        }
+    if let Some(sweeper) = sweeper {
+        sweeper.await.context("sweeper task")??;
     }
     Ok(())
 }
 
-/// Apply one batch and settle every delivery in it.
-async fn process(pool: &PgPool, replies: &Channel, batch: Vec<Delivery>) -> anyhow::Result<()> {
-    let mut parsed = Vec::with_capacity(batch.len());
-    for delivery in batch {
-        match serde_json::from_slice::<JobMessage>(&delivery.data) {
-            Ok(msg) => parsed.push((msg.job_id, delivery)),
-            Err(e) => {
-                tracing::error!(error = %e, "unparseable job message; discarding");
-                delivery.acker.reject(BasicRejectOptions { requeue: false }).await?;
+impl Worker {
+    /// One broker connection's lifetime: declare, consume, apply batches. Ok on shutdown.
+    async fn session(&self, url: &str, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        let conn = broker::connect(url, "order-worker").await?;
+        let channel = conn.create_channel().await?;
+        topology::declare(&channel, &self.names).await.context("declaring topology")?;
+        channel.basic_qos(self.cfg.worker_prefetch, BasicQosOptions::default()).await?;
+        // Retry and dead-letter copies must be confirmed before their original is acked.
+        let control = conn.create_channel().await?;
+        control.confirm_select(ConfirmSelectOptions::default()).await?;
+        let mut consumer = channel
+            .basic_consume(self.names.jobs.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .await?;
+        tracing::info!(queue = %self.names.jobs, prefetch = self.cfg.worker_prefetch, batch = self.cfg.worker_batch_size, "order worker consuming");
+
+        loop {
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                next = consumer.next() => next,
+            };
+            let Some(first) = first else { anyhow::bail!("consumer stream ended (channel closed)") };
+            let mut batch = vec![first.context("receiving a delivery")?];
+            self.gather(&mut consumer, &mut batch).await?;
+            // The batch in hand is finished even when shutdown arrives meanwhile.
+            self.process(&control, batch).await?;
+        }
+        let _ = channel.close(200, "shutdown".into()).await;
+        let _ = control.close(200, "shutdown".into()).await;
+        let _ = conn.close(200, "shutdown".into()).await;
+        tracing::info!("order worker stopped");
+        Ok(())
+    }
+
+    /// Add deliveries that arrive within the batch window, up to the batch size.
+    async fn gather(&self, consumer: &mut Consumer, batch: &mut Vec<Delivery>) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.cfg.worker_batch_wait_ms);
+        while batch.len() < self.cfg.worker_batch_size {
+            match tokio::time::timeout_at(deadline, consumer.next()).await {
+                Ok(Some(d)) => batch.push(d.context("receiving a delivery")?),
+                Ok(None) => anyhow::bail!("consumer stream ended (channel closed)"),
+                Err(_) => break,
             }
         }
+        Ok(())
     }
-    if parsed.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<Uuid> = parsed.iter().map(|(id, _)| *id).collect();
-    let report = match apply_with_retries(pool, &ids).await {
-        Ok(report) => report,
-        Err(e) if crate::store::is_transient(&e) => {
-            // Still failing after in-process retries: give the jobs back to the queue.
-            tracing::warn!(error = %e, jobs = ids.len(), "batch failed transiently; requeueing");
-            for (_, d) in &parsed {
-                d.acker.nack(BasicNackOptions { requeue: true, multiple: false }).await?;
+
+    /// Apply one batch and settle every delivery in it.
+    async fn process(&self, control: &Channel, batch: Vec<Delivery>) -> anyhow::Result<()> {
+        let mut jobs = Vec::with_capacity(batch.len());
+        for delivery in batch {
+            match JobDelivery::parse(delivery) {
+                Ok(job) if job.redeliveries + 1 >= self.names.retry.delivery_limit => {
+                    // Its consumers keep dying on it: stop before the broker's limit drops it.
+                    let why = format!("delivered {} times without being settled", job.redeliveries + 1);
+                    tracing::error!(job_id = %job.job_id, %why, "parking a job that crashes its workers");
+                    retry::park(control, &self.names, &job.delivery, job.attempt, &why).await?;
+                    self.record_failure(job.job_id, job.attempt, Disposition::Dead, &why).await;
+                    job.delivery.acker.ack(BasicAckOptions::default()).await?;
+                }
+                Ok(job) => jobs.push(job),
+                Err((delivery, why)) => {
+                    tracing::error!(%why, "parking an unreadable job message");
+                    retry::park(control, &self.names, &delivery, 1, &why).await?;
+                    delivery.acker.ack(BasicAckOptions::default()).await?;
+                }
             }
+        }
+        if jobs.is_empty() {
             return Ok(());
         }
-        Err(e) if ids.len() > 1 => {
-            // One job may be poisoning the batch: apply one at a time so the others proceed.
-            tracing::warn!(error = %e, "batch failed; applying its jobs one by one");
-            let mut report = Vec::with_capacity(ids.len());
-            for id in &ids {
-                report.extend(apply_single(pool, *id).await?);
+        let customers: Vec<Option<Uuid>> = jobs.iter().map(|j| j.customer_id).collect();
+        self.limits.admit(&customers).await;
+
+        let ids: Vec<Uuid> = jobs.iter().map(|j| j.job_id).collect();
+        let report = match apply_with_retries(&self.pool, &ids).await {
+            Ok(report) => report,
+            Err(e) if crate::store::is_transient(&e) => {
+                tracing::warn!(error = %e, jobs = ids.len(), "batch still failing after retries; backing off");
+                for job in &jobs {
+                    let why = format!("transient failure: {e}");
+                    let disposition = retry::retry_or_park(control, &self.names, &job.delivery, job.attempt, &why).await?;
+                    self.record_failure(job.job_id, job.attempt, disposition, &why).await;
+                    job.delivery.acker.ack(BasicAckOptions::default()).await?;
+                }
+                return Ok(());
             }
-            report
+            Err(e) => {
+                // One job may be poisoning the batch: apply one at a time so the others proceed.
+                tracing::warn!(error = %e, "batch failed; applying its jobs one by one");
+                let mut report = Vec::with_capacity(ids.len());
+                for job in &jobs {
+                    report.extend(self.apply_alone(control, job).await?);
+                }
+                report
+            }
+        };
+        self.after_commit();
+        for (job, (_, outcome)) in jobs.iter().zip(&report) {
+            if let Outcome::Dead(why) = outcome {
+                retry::park(control, &self.names, &job.delivery, job.attempt, why).await?;
+            }
+            job.delivery.acker.ack(BasicAckOptions::default()).await?;
         }
-        Err(_) => apply_single(pool, ids[0]).await?,
-    };
-    for (_, d) in &parsed {
-        d.acker.ack(BasicAckOptions::default()).await?;
+        for (job, (job_id, outcome)) in jobs.iter().zip(&report) {
+            tracing::debug!(%job_id, ?outcome, "job settled");
+            if let Some(reply_to) = job.delivery.properties.reply_to() {
+                let props = BasicProperties::default().with_correlation_id(job_id.to_string().into());
+                // A lost reply only makes a waiting client fall back to reading the job.
+                let _ = control.basic_publish("".into(), reply_to.clone(), BasicPublishOptions::default(), b"{}", props).await;
+            }
+        }
+        Ok(())
     }
-    for ((job_id, outcome), (_, d)) in report.iter().zip(&parsed) {
-        tracing::debug!(%job_id, ?outcome, "job settled");
-        if let Some(reply_to) = d.properties.reply_to() {
-            let props = BasicProperties::default().with_correlation_id(job_id.to_string().into());
-            // A lost reply only makes a waiting client fall back to reading the job.
-            let _ = replies
-                .basic_publish("".into(), reply_to.clone(), BasicPublishOptions::default(), b"{}", props)
-                .await;
+
+    /// Apply one job on its own; if even that fails, it is retried later or parked.
+    async fn apply_alone(&self, control: &Channel, job: &JobDelivery) -> anyhow::Result<apply::Report> {
+        let e = match apply_with_retries(&self.pool, &[job.job_id]).await {
+            Ok(report) => return Ok(report),
+            Err(e) => e,
+        };
+        let why = format!("cannot be applied: {e}");
+        let outcome = if crate::store::is_transient(&e) {
+            let disposition = retry::retry_or_park(control, &self.names, &job.delivery, job.attempt, &why).await?;
+            self.record_failure(job.job_id, job.attempt, disposition, &why).await;
+            Outcome::Deferred
+        } else {
+            // Parked with the other settled deliveries of the batch.
+            self.record_failure(job.job_id, job.attempt, Disposition::Dead, &why).await;
+            Outcome::Dead(why)
+        };
+        Ok(vec![(job.job_id, outcome)])
+    }
+
+    /// Best effort: the database may be what is failing. A job whose row still says
+    /// `queued` is picked up again by the sweeper, so nothing is lost if this fails.
+    async fn record_failure(&self, job_id: Uuid, attempt: u32, disposition: Disposition, why: &str) {
+        let error = json!({ "code": "apply_failed", "message": why, "attempt": attempt });
+        let result = async {
+            let mut conn = self.pool.acquire().await?;
+            match disposition {
+                Disposition::Retrying { .. } => crate::store::jobs::mark_retrying(&mut conn, job_id, attempt as i32, &error).await,
+                Disposition::Dead => crate::store::jobs::mark_dead(&mut conn, job_id, &error).await,
+            }
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(%job_id, error = %e, "could not record the job's failure; the sweeper will see it");
         }
     }
-    Ok(())
+
+    /// The fault-injection hook: die between commit and ack when configured to.
+    fn after_commit(&self) {
+        let n = self.committed_batches.fetch_add(1, Ordering::Relaxed) + 1;
+        let every = self.cfg.crash_after_commit_every;
+        if every > 0 && n % every == 0 {
+            eprintln!("fault injection: aborting after committed batch {n}, before its ack");
+            std::process::abort();
+        }
+    }
 }
 
 async fn apply_with_retries(pool: &PgPool, ids: &[Uuid]) -> sqlx::Result<apply::Report> {
@@ -141,18 +248,4 @@ async fn apply_with_retries(pool: &PgPool, ids: &[Uuid]) -> sqlx::Result<apply::
         .when(crate::store::is_transient)
         .notify(|e, after| tracing::warn!(error = %e, ?after, "transient database error; retrying batch"))
         .await
-}
-
-/// Apply one job alone; a job that fails even alone (not transiently) is parked as dead.
-async fn apply_single(pool: &PgPool, id: Uuid) -> anyhow::Result<apply::Report> {
-    match apply_with_retries(pool, &[id]).await {
-        Ok(report) => Ok(report),
-        Err(e) if crate::store::is_transient(&e) => Err(e).context("applying a job"),
-        Err(e) => {
-            tracing::error!(job_id = %id, error = %e, "job fails on its own; marking it dead");
-            let error = serde_json::json!({ "code": "apply_failed", "message": e.to_string() });
-            crate::store::jobs::mark_dead(&mut *pool.acquire().await?, id, &error).await?;
-            Ok(vec![(id, Outcome::Dead(e.to_string()))])
-        }
-    }
 }
