@@ -35,7 +35,7 @@ pub async fn serve_http(http: &HttpConfig, router: Router, shutdown: Cancellatio
         .fallback(|| async { ApiError::NotFound("route") })
         .layer(DefaultBodyLimit::max(http.body_limit_bytes))
         .layer(TraceLayer::new_for_http());
-    axum::serve(listener, app)
+    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
         .context("serving HTTP")
@@ -50,7 +50,15 @@ fn keys(http: &HttpConfig) -> Keys {
 
 fn ingress_parts(common: &CommonConfig, keys: Keys, cfg: &IngressConfig, pool: &PgPool) -> (Router, Arc<JobPublisher>) {
     let publisher = Arc::new(JobPublisher::new(&common.amqp_url, Names::from_config(common), cfg.publish_timeout()));
-    let state = IngressState { pool: pool.clone(), keys, publisher: publisher.clone(), cfg: cfg.clone() };
+    let limits = ingress::limits::Limits::new(cfg.rate_per_actor, cfg.rate_per_ip);
+    let sweep = limits.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+            sweep.shrink();
+        }
+    });
+    let state = IngressState { pool: pool.clone(), keys, publisher: publisher.clone(), cfg: cfg.clone(), limits };
     (ingress::router(state), publisher)
 }
 
@@ -70,6 +78,7 @@ async fn join_all(mut tasks: JoinSet<anyhow::Result<()>>, shutdown: Cancellation
 
 /// `orderflow serve`: the HTTP ingress alone.
 pub async fn run_ingress(common: CommonConfig, http: HttpConfig, cfg: IngressConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    crate::shutdown::watchdog(&shutdown, std::time::Duration::from_secs(common.shutdown_timeout_secs));
     let pool = db::connect(&common).await?;
     let (router, publisher) = ingress_parts(&common, keys(&http), &cfg, &pool);
     if let Err(e) = publisher.check_ready().await {
@@ -80,18 +89,21 @@ pub async fn run_ingress(common: CommonConfig, http: HttpConfig, cfg: IngressCon
 
 /// `order-worker`.
 pub async fn run_worker(common: CommonConfig, cfg: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    crate::shutdown::watchdog(&shutdown, std::time::Duration::from_secs(common.shutdown_timeout_secs));
     let pool = db::connect(&common).await?;
     worker::run(pool, &common, cfg, shutdown).await
 }
 
 /// `outbox-relay`.
 pub async fn run_relay(common: CommonConfig, cfg: RelayConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    crate::shutdown::watchdog(&shutdown, std::time::Duration::from_secs(common.shutdown_timeout_secs));
     let pool = db::connect(&common).await?;
     relay::run(pool, common.amqp_url.clone(), Names::from_config(&common), cfg, shutdown).await
 }
 
 /// `sse-bridge`: the live event streams, on their own HTTP port.
 pub async fn run_bridge(common: CommonConfig, http: HttpConfig, cfg: BridgeConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    crate::shutdown::watchdog(&shutdown, std::time::Duration::from_secs(common.shutdown_timeout_secs));
     let pool = db::connect(&common).await?;
     let state = BridgeState::new(keys(&http), pool.clone(), cfg, shutdown.clone());
     let mut tasks = JoinSet::new();
@@ -115,6 +127,7 @@ pub struct AllConfig {
 /// `orderflow all`: create the database if needed, migrate, and run every role in this
 /// process, with the ingress and the SSE streams on one HTTP port.
 pub async fn run_all(cfg: AllConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    crate::shutdown::watchdog(&shutdown, std::time::Duration::from_secs(cfg.common.shutdown_timeout_secs));
     db::create_if_missing(&cfg.common).await?;
     let pool = db::connect(&cfg.common).await?;
     db::migrate(&pool).await?;

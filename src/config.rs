@@ -41,6 +41,11 @@ pub struct CommonConfig {
     /// The broker's ceiling on redeliveries of one job message (a crash loop ends there).
     #[arg(long, env = "JOB_DELIVERY_LIMIT", default_value_t = 20)]
     pub job_delivery_limit: u32,
+
+    /// Seconds a process may take to finish its work in hand after SIGTERM/Ctrl-C before
+    /// it exits anyway.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
+    pub shutdown_timeout_secs: u64,
 }
 
 /// The HTTP side of a process that serves requests.
@@ -69,6 +74,14 @@ pub struct IngressConfig {
     /// Upper bound on `Prefer: wait=N`, in seconds.
     #[arg(long, env = "MAX_WAIT_SECS", default_value_t = 30)]
     pub max_wait_secs: u64,
+
+    /// Requests per second one authenticated actor may make (bursts of twice that; 0: no limit).
+    #[arg(long, env = "RATE_PER_ACTOR", default_value_t = 100)]
+    pub rate_per_actor: u32,
+
+    /// Requests per second one client IP may make without a valid token (0: no limit).
+    #[arg(long, env = "RATE_PER_IP", default_value_t = 20)]
+    pub rate_per_ip: u32,
 }
 
 impl IngressConfig {

@@ -24,3 +24,15 @@ pub fn on_signal() -> CancellationToken {
     });
     token
 }
+
+/// Once `token` is cancelled, give the process `deadline` to finish its work in hand, then
+/// exit anyway: a stuck dependency must not keep a stopping process alive forever.
+pub fn watchdog(token: &CancellationToken, deadline: std::time::Duration) {
+    let token = token.clone();
+    tokio::spawn(async move {
+        token.cancelled().await;
+        tokio::time::sleep(deadline).await;
+        tracing::error!(?deadline, "shutdown deadline passed with work unfinished; exiting");
+        std::process::exit(1);
+    });
+}

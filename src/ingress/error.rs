@@ -30,6 +30,9 @@ pub enum ApiError {
     Unprocessable(&'static str, String),
     #[error("request body too large")]
     PayloadTooLarge,
+    /// Over the caller's rate limit; retry after the duration.
+    #[error("rate limited: retry in {}s", .0.as_secs_f64().ceil())]
+    RateLimited(std::time::Duration),
     /// Database or broker down: nothing was accepted.
     #[error("{0}")]
     Unavailable(String),
@@ -50,6 +53,7 @@ impl ApiError {
             ApiError::Conflict(code, _) => (StatusCode::CONFLICT, code),
             ApiError::Unprocessable(code, _) => (StatusCode::UNPROCESSABLE_ENTITY, code),
             ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -79,8 +83,15 @@ impl IntoResponse for ApiError {
             body["error"]["job_id"] = json!(job_id);
         }
         let mut response = (status, Json(body)).into_response();
-        if let ApiError::Unavailable(_) = self {
-            response.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+        match self {
+            ApiError::Unavailable(_) => {
+                response.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+            }
+            ApiError::RateLimited(wait) => {
+                let secs = (wait.as_secs_f64().ceil() as u64).max(1);
+                response.headers_mut().insert("retry-after", HeaderValue::from(secs));
+            }
+            _ => {}
         }
         response
     }

@@ -8,7 +8,9 @@ pub mod extract;
 pub mod health;
 pub mod inventory;
 pub mod jobs;
+pub mod limits;
 pub mod orders;
+pub mod admin;
 
 use crate::auth::{HasKeys, Keys};
 use crate::broker::publisher::JobPublisher;
@@ -24,6 +26,7 @@ pub struct IngressState {
     pub keys: Keys,
     pub publisher: Arc<JobPublisher>,
     pub cfg: IngressConfig,
+    pub limits: limits::Limits,
 }
 
 impl HasKeys for IngressState {
@@ -39,5 +42,7 @@ pub fn router(state: IngressState) -> Router {
         .merge(inventory::router())
         .merge(jobs::router())
         .merge(docs::router())
+        .merge(admin::router())
+        .layer(axum::middleware::from_fn_with_state(state.clone(), limits::middleware))
         .with_state(state)
 }

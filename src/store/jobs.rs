@@ -207,3 +207,39 @@ pub async fn take_stale(conn: &mut PgConnection, older_than_secs: f64, limit: i6
     .fetch_all(conn)
     .await
 }
+
+/// One page of jobs, newest first (ids are UUIDv7), optionally of one status.
+pub async fn list(conn: &mut PgConnection, status: Option<&str>, before: Option<Uuid>, limit: i64) -> sqlx::Result<Vec<Job>> {
+    sqlx::query_as(&format!(
+        "select {COLUMNS} from jobs
+         where ($1::text is null or status = $1) and ($2::uuid is null or id < $2)
+         order by id desc limit $3"
+    ))
+    .bind(status)
+    .bind(before)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Put a dead job back to `queued` with its attempts reset. `None` unless it was dead, so
+/// two concurrent redrives queue it once.
+pub async fn requeue_dead(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<Job>> {
+    sqlx::query_as(&format!(
+        "update jobs set status = 'queued', attempts = 0, error = null, updated_at = now()
+         where id = $1 and status = 'dead' returning {COLUMNS}"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Undo [`requeue_dead`] when the job could not be published after all.
+pub async fn back_to_dead(conn: &mut PgConnection, id: Uuid, error: &Value) -> sqlx::Result<()> {
+    sqlx::query("update jobs set status = 'dead', error = $2, updated_at = now() where id = $1 and status = 'queued'")
+        .bind(id)
+        .bind(error)
+        .execute(conn)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,75 @@
+//! Ingress rate limits (governor): per authenticated actor, else per client IP. A caller
+//! over its limit gets 429 with `Retry-After`, and nothing of its request is done.
+
+use super::error::ApiError;
+use super::IngressState;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+#[derive(Clone)]
+pub struct Limits(Arc<Inner>);
+
+struct Inner {
+    per_actor: Option<DefaultKeyedRateLimiter<Uuid>>,
+    per_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
+}
+
+/// A keyed limiter allowing `per_sec` on average and bursts of twice that; None when 0.
+fn keyed<K: std::hash::Hash + Eq + Clone>(per_sec: u32) -> Option<DefaultKeyedRateLimiter<K>> {
+    let rate = NonZeroU32::new(per_sec)?;
+    let burst = NonZeroU32::new(per_sec.saturating_mul(2)).expect("non-zero");
+    Some(RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)))
+}
+
+impl Limits {
+    pub fn new(per_actor: u32, per_ip: u32) -> Self {
+        Limits(Arc::new(Inner { per_actor: keyed(per_actor), per_ip: keyed(per_ip) }))
+    }
+
+    /// Ok, or how long the caller should wait.
+    fn check(&self, actor: Option<Uuid>, ip: Option<IpAddr>) -> Result<(), Duration> {
+        let clock = DefaultClock::default();
+        let outcome = match (actor, ip) {
+            (Some(actor), _) => self.0.per_actor.as_ref().map(|l| l.check_key(&actor)),
+            (None, Some(ip)) => self.0.per_ip.as_ref().map(|l| l.check_key(&ip)),
+            (None, None) => None,
+        };
+        match outcome {
+            Some(Err(not_until)) => Err(not_until.wait_time_from(clock.now())),
+            _ => Ok(()),
+        }
+    }
+
+    /// Forget idle keys (call now and then, so memory follows active callers only).
+    pub fn shrink(&self) {
+        if let Some(l) = &self.0.per_actor {
+            l.retain_recent();
+        }
+        if let Some(l) = &self.0.per_ip {
+            l.retain_recent();
+        }
+    }
+}
+
+/// axum middleware: rate limit by the bearer token's actor when it verifies, else by IP.
+pub async fn middleware(State(state): State<IngressState>, request: Request, next: Next) -> Response {
+    let token = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+    let actor = token.and_then(|t| state.keys.verify(t.trim()).ok()).map(|a| a.id);
+    let ip = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    match state.limits.check(actor, ip) {
+        Ok(()) => next.run(request).await,
+        Err(wait) => ApiError::RateLimited(wait).into_response(),
+    }
+}
