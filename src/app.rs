@@ -106,6 +106,7 @@ pub async fn run_bridge(common: CommonConfig, http: HttpConfig, cfg: BridgeConfi
     crate::shutdown::watchdog(&shutdown, std::time::Duration::from_secs(common.shutdown_timeout_secs));
     let pool = db::connect(&common).await?;
     let state = BridgeState::new(keys(&http), pool.clone(), cfg, shutdown.clone());
+    sse::prime(&state).await?;
     let mut tasks = JoinSet::new();
     tasks.spawn(sse::run_feed(state.clone(), common.amqp_url.clone(), Names::from_config(&common)));
     let router = sse::router(state).merge(health::router(pool, None));
@@ -137,6 +138,7 @@ pub async fn run_all(cfg: AllConfig, shutdown: CancellationToken) -> anyhow::Res
     // Declares the topology before anything is accepted.
     publisher.check_ready().await.context("reaching RabbitMQ")?;
     let bridge = BridgeState::new(keys, pool.clone(), cfg.bridge, shutdown.clone());
+    sse::prime(&bridge).await?;
 
     let mut tasks = JoinSet::new();
     let (wpool, wcommon, wcfg, wstop) = (pool.clone(), cfg.common.clone(), cfg.worker, shutdown.clone());

@@ -227,15 +227,19 @@ async fn feed_session(state: &BridgeState, url: &str, names: &Names) -> anyhow::
     Ok(())
 }
 
-/// At (re)connect: start the hub at the outbox's head the first time, else fill what was missed.
+/// Start the hub at the outbox's newest seq, so a client connecting without Last-Event-ID
+/// follows from "now". Call before serving connections.
+pub async fn prime(state: &BridgeState) -> anyhow::Result<()> {
+    let (_, max) = crate::store::outbox::seq_bounds(&mut *state.pool.acquire().await?).await?;
+    state.hub.advance_head(max.unwrap_or(0));
+    Ok(())
+}
+
+/// At (re)connect: fill in what was published while the bridge was not bound.
 async fn catch_up(state: &BridgeState) -> anyhow::Result<()> {
-    let mut conn = state.pool.acquire().await?;
     if state.hub.head() == 0 {
-        let (_, max) = crate::store::outbox::seq_bounds(&mut conn).await?;
-        state.hub.advance_head(max.unwrap_or(0));
-        return Ok(());
+        return prime(state).await;
     }
-    drop(conn);
     fill_hub(state, i64::MAX).await
 }
 

@@ -31,10 +31,14 @@ pub(super) async fn open(
     let _ = tx.try_send(Ok(hello));
 
     let mut cursor = resume.unwrap_or(head);
+    // Where replay must reach before following live events: the newest event known,
+    // whether the hub has seen it yet or not.
+    let mut replay_to = head;
     if let Some(after) = resume {
         let mut conn = state.pool.acquire().await?;
         let (min, max) = outbox::seq_bounds(&mut conn).await?;
         let newest = max.unwrap_or(0).max(head);
+        replay_to = newest;
         let oldest_kept = min.unwrap_or(newest + 1);
         if after > newest || (after + 1 < oldest_kept && state.hub.range(after, after + 2).is_none()) {
             // Beyond retention (or from another deployment): say so, and continue from what exists.
@@ -54,7 +58,7 @@ pub(super) async fn open(
     state.stats.by_role[role_index(role)].fetch_add(1, Ordering::Relaxed);
     tokio::spawn(async move {
         let _guard = ConnectionGuard { state: state.clone(), role };
-        if let Err(e) = pump(&state, &filter, cursor, rx, &tx).await {
+        if let Err(e) = pump(&state, &filter, cursor, replay_to, rx, &tx).await {
             tracing::debug!(reason = %e, "SSE connection ended");
         }
     });
@@ -89,13 +93,15 @@ async fn pump(
     state: &BridgeState,
     filter: &Filter,
     mut cursor: i64,
+    replay_to: i64,
     mut rx: broadcast::Receiver<Arc<Event>>,
     tx: &Tx,
 ) -> Result<(), End> {
-    // Catch up to what the hub had when we subscribed; later events arrive through `rx`.
-    let head = state.hub.head();
-    if head > cursor {
-        cursor = replay(state, filter, cursor, head + 1, tx).await?;
+    // Catch up to the newest event known at connect; later events arrive through `rx`
+    // (and any the hub has not seen yet are filled in when a later one shows the gap).
+    let target = replay_to.max(state.hub.head());
+    if target > cursor {
+        cursor = replay(state, filter, cursor, target + 1, tx).await?;
     }
     loop {
         let received = tokio::select! {

@@ -1,0 +1,172 @@
+//! A job's effect happens once: redelivered job messages and repeated requests with the
+//! same Idempotency-Key change nothing more.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use uuid::Uuid;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_job_delivery_changes_the_order_once() {
+    let sys = TestSystem::start().await;
+    let atok = sys.token("admin", Uuid::new_v4());
+    let order = sys
+        .create_simple_order(&sys.token("customer", Uuid::new_v4()))
+        .await;
+
+    let paid = sys
+        .apply(&atok, order, &json!({"action": "mark_paid"}))
+        .await;
+    let paid_job = uuid_of(&paid, "id");
+
+    // The broker redelivers the same message twice (as after a lost ack).
+    sys.publish_job_message(paid_job).await;
+    sys.publish_job_message(paid_job).await;
+
+    // A later job on the same order, queued behind the duplicates, is applied normally.
+    let confirm = sys.apply(&atok, order, &json!({"action": "confirm"})).await;
+    let confirm_job = uuid_of(&confirm, "id");
+
+    let job = sys
+        .get(&format!("/jobs/{paid_job}"), Some(&atok))
+        .await
+        .expect_status(200, "GET job")
+        .body;
+    assert_eq!(
+        job["status"], "succeeded",
+        "a duplicate must not re-run (and so reject) a finished job: {job}"
+    );
+    assert!(job["error"].is_null(), "{job}");
+
+    let history = sys.history(&atok, order).await;
+    let actions: Vec<&str> = history
+        .iter()
+        .map(|row| row["action"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        actions,
+        ["create", "mark_paid", "confirm"],
+        "one row per applied job: {history:#?}"
+    );
+    assert_eq!(history[1]["job_id"], paid_job.to_string());
+    assert_eq!(history[2]["job_id"], confirm_job.to_string());
+
+    let current = sys.order(&atok, order).await;
+    assert_eq!(current["version"], 3, "{current}");
+    assert_eq!(
+        (&current["status"], &current["payment_status"]),
+        (&json!("confirmed"), &json!("paid")),
+        "{current}"
+    );
+
+    let audit = sys
+        .count(
+            "select count(*) from order_status_history where order_id = $1",
+            order,
+        )
+        .await;
+    let outbox = sys
+        .count("select count(*) from outbox where order_id = $1", order)
+        .await;
+    assert_eq!(
+        (audit, outbox),
+        (3, 3),
+        "exactly one history row and one outbox row per change"
+    );
+    let paid_rows = sys
+        .count(
+            "select count(*) from order_status_history where job_id = $1",
+            paid_job,
+        )
+        .await;
+    assert_eq!(paid_rows, 1, "the duplicated job is audited once");
+
+    sys.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_key_repeat_returns_the_first_job() {
+    let sys = TestSystem::start().await;
+    let admin = sys.token("admin", Uuid::new_v4());
+    let other_admin = sys.token("admin", Uuid::new_v4());
+    let order = sys
+        .create_simple_order(&sys.token("customer", Uuid::new_v4()))
+        .await;
+    let body = json!({"action": "mark_paid", "reason": "card captured"});
+    let key = [("Idempotency-Key", "pay-order-once")];
+
+    let job_of = |answer: &Answer| -> String {
+        answer.body["job_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no job_id in {} {}", answer.status, answer.body))
+            .to_owned()
+    };
+
+    let first = Answer::read(sys.change_status(&admin, order, &body, &key).await)
+        .await
+        .expect_status(202, "first request with the key");
+    let first_job = job_of(&first);
+
+    // The repeat, while the first may still be queued or running.
+    let repeat = Answer::read(sys.change_status(&admin, order, &body, &key).await).await;
+    assert!(
+        matches!(repeat.status.as_u16(), 200 | 202),
+        "repeat: {} {}",
+        repeat.status,
+        repeat.body
+    );
+    assert_eq!(
+        job_of(&repeat),
+        first_job,
+        "the repeat returns the first job"
+    );
+
+    let job = sys.wait_job(&admin, first_job.parse().unwrap()).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+
+    // And after it finished.
+    let late = Answer::read(sys.change_status(&admin, order, &body, &key).await).await;
+    assert!(
+        matches!(late.status.as_u16(), 200 | 202),
+        "late repeat: {} {}",
+        late.status,
+        late.body
+    );
+    assert_eq!(
+        job_of(&late),
+        first_job,
+        "a repeat after completion returns the first job"
+    );
+    assert_eq!(
+        sys.jobs_of_order(order).await,
+        1,
+        "one job row for the three requests"
+    );
+
+    // The key is per actor: another admin's request with the same key is its own job.
+    let other = Answer::read(sys.change_status(&other_admin, order, &body, &key).await)
+        .await
+        .expect_status(202, "another actor, same key");
+    let other_job = job_of(&other);
+    assert_ne!(
+        other_job, first_job,
+        "same key from a different actor is a different job"
+    );
+    let job = sys.wait_job(&other_admin, other_job.parse().unwrap()).await;
+    assert_eq!(
+        job["status"], "rejected",
+        "mark_paid needs an unpaid order, this one is paid: {job}"
+    );
+    assert_eq!(sys.jobs_of_order(order).await, 2);
+
+    let history = sys.history(&admin, order).await;
+    let paid_rows = history
+        .iter()
+        .filter(|row| row["action"] == "mark_paid")
+        .count();
+    assert_eq!(paid_rows, 1, "paid once: {history:#?}");
+    assert_eq!(sys.order(&admin, order).await["version"], 2);
+
+    sys.stop().await;
+}

@@ -1,0 +1,436 @@
+//! The end-to-end pipeline: a change accepted over HTTP is applied by a worker, audited in
+//! the history, published downstream through the outbox relay and streamed over SSE —
+//! and, per order, every consumer sees the changes in the order the history records them.
+
+mod common;
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    time::Instant,
+};
+
+use common::*;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+fn is_status_change(event: &SseEvent) -> bool {
+    event.kind() == "order.status_changed"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paid_and_confirmed_order_is_audited_published_and_streamed() {
+    let sys = TestSystem::start().await;
+    let (customer, admin) = (Uuid::new_v4(), Uuid::new_v4());
+    let (ctok, atok) = (sys.token("customer", customer), sys.token("admin", admin));
+    let order_id = sys.create_simple_order(&ctok).await;
+
+    let mut downstream = sys.downstream_queue("order.status.*").await;
+    let mut stream = sys
+        .sse_connect("/orders/events/subscribe", Some(&ctok), None)
+        .await;
+
+    // mark_paid: payment changes, status does not.
+    let sent = Instant::now();
+    let paid_job = sys
+        .submit(
+            &atok,
+            order_id,
+            &json!({"action": "mark_paid", "reason": "wire transfer received"}),
+        )
+        .await;
+    let before_paid = stream.collect_until(is_status_change, EVENT_DEADLINE).await;
+    let paid_rtt = sent.elapsed();
+    let job = sys.wait_job(&atok, paid_job).await;
+    assert_eq!(job["status"], "succeeded", "mark_paid job: {job}");
+
+    // confirm: status changes.
+    let sent = Instant::now();
+    let confirm_job = sys
+        .submit(
+            &atok,
+            order_id,
+            &json!({"action": "confirm", "reason": "stock checked"}),
+        )
+        .await;
+    let before_confirm = stream.collect_until(is_status_change, EVENT_DEADLINE).await;
+    let confirm_rtt = sent.elapsed();
+    let job = sys.wait_job(&atok, confirm_job).await;
+    assert_eq!(job["status"], "succeeded", "confirm job: {job}");
+    assert_eq!(job["order_id"], order_id.to_string(), "job: {job}");
+    eprintln!(
+        "round trip POST change-status -> SSE event: mark_paid {paid_rtt:?}, confirm {confirm_rtt:?}"
+    );
+
+    // The customer's stream: at most its own order.created first, then both changes, in order.
+    let (paid_event, skipped) = before_paid.split_last().unwrap();
+    for event in skipped {
+        assert_eq!(
+            event.kind(),
+            "order.created",
+            "unexpected event before mark_paid: {event:?}"
+        );
+        assert_eq!(event.order_id(), Some(order_id.to_string()), "{event:?}");
+    }
+    assert_eq!(
+        before_confirm.len(),
+        1,
+        "exactly one event between mark_paid and confirm: {before_confirm:#?}"
+    );
+    let confirm_event = &before_confirm[0];
+
+    let paid = paid_event.json();
+    assert_eq!(paid["type"], "order.status_changed", "{paid}");
+    assert_eq!(
+        paid["seq"].as_u64(),
+        Some(paid_event.seq()),
+        "SSE id is the seq: {paid_event:?}"
+    );
+    assert_eq!(paid["order_id"], order_id.to_string(), "{paid}");
+    assert_eq!(paid["customer_id"], customer.to_string(), "{paid}");
+    assert_eq!(paid["action"], "mark_paid", "{paid}");
+    assert_eq!(
+        (&paid["from"], &paid["to"]),
+        (&json!("pending"), &json!("pending")),
+        "{paid}"
+    );
+    assert_eq!(paid["payment_status"], "paid", "{paid}");
+    assert_eq!(paid["version"], 2, "{paid}");
+    assert_eq!(
+        paid["actor"],
+        json!({"id": admin.to_string(), "role": "admin"}),
+        "{paid}"
+    );
+    assert_eq!(paid["reason"], "wire transfer received", "{paid}");
+    assert_eq!(paid["job_id"], paid_job.to_string(), "{paid}");
+
+    let confirmed = confirm_event.json();
+    assert_eq!(
+        confirm_event.kind(),
+        "order.status_changed",
+        "{confirm_event:?}"
+    );
+    assert_eq!(
+        confirmed["seq"].as_u64(),
+        Some(confirm_event.seq()),
+        "{confirm_event:?}"
+    );
+    assert!(
+        confirm_event.seq() > paid_event.seq(),
+        "ids increase: {paid_event:?} then {confirm_event:?}"
+    );
+    assert_eq!(confirmed["action"], "confirm", "{confirmed}");
+    assert_eq!(
+        (&confirmed["from"], &confirmed["to"]),
+        (&json!("pending"), &json!("confirmed")),
+        "{confirmed}"
+    );
+    assert_eq!(confirmed["payment_status"], "paid", "{confirmed}");
+    assert_eq!(confirmed["version"], 3, "{confirmed}");
+    assert_eq!(
+        confirmed["actor"],
+        json!({"id": admin.to_string(), "role": "admin"}),
+        "{confirmed}"
+    );
+    assert_eq!(confirmed["reason"], "stock checked", "{confirmed}");
+    assert_eq!(confirmed["job_id"], confirm_job.to_string(), "{confirmed}");
+
+    // Downstream: both changes, routing key order.status.<to>, message_id = seq.
+    let paid_msg = downstream
+        .expect_next("order.status.pending (mark_paid)")
+        .await;
+    let confirm_msg = downstream.expect_next("order.status.confirmed").await;
+    for (msg, key, event) in [
+        (&paid_msg, "order.status.pending", paid_event),
+        (&confirm_msg, "order.status.confirmed", confirm_event),
+    ] {
+        let body = message_json(msg);
+        assert_eq!(msg.routing_key.as_str(), key, "routing key of {body}");
+        assert_eq!(
+            message_id(msg),
+            Some(event.seq().to_string()),
+            "message_id is the seq, the same id the SSE stream used: {body}"
+        );
+        assert_eq!(
+            body,
+            event.json(),
+            "downstream body and SSE data are the same JSON"
+        );
+        let props = &msg.properties;
+        assert_eq!(
+            props.kind().as_ref().map(|s| s.as_str()),
+            Some("order.status_changed"),
+            "type property"
+        );
+        assert_eq!(
+            props.content_type().as_ref().map(|s| s.as_str()),
+            Some("application/json"),
+            "content_type"
+        );
+        assert_eq!(*props.delivery_mode(), Some(2), "persistent");
+        assert_eq!(
+            message_header(msg, "order_id"),
+            Some(order_id.to_string()),
+            "order_id header"
+        );
+        assert_eq!(
+            message_header(msg, "customer_id"),
+            Some(customer.to_string()),
+            "customer_id header"
+        );
+    }
+    assert_eq!(message_json(&confirm_msg)["to"], "confirmed");
+
+    // The audit: creation, then both changes with who, why and which job.
+    let history = sys.history(&atok, order_id).await;
+    assert_eq!(
+        history.len(),
+        3,
+        "create + mark_paid + confirm: {history:#?}"
+    );
+    let create = &history[0];
+    assert_eq!(create["action"], "create", "{create}");
+    assert!(create["from"].is_null(), "{create}");
+    assert_eq!(create["to"], "pending", "{create}");
+    assert_eq!(create["version"], 1, "{create}");
+    assert_eq!(
+        create["actor"],
+        json!({"id": customer.to_string(), "role": "customer"}),
+        "{create}"
+    );
+    for (row, action, from, to, reason, job, version) in [
+        (
+            &history[1],
+            "mark_paid",
+            "pending",
+            "pending",
+            "wire transfer received",
+            paid_job,
+            2,
+        ),
+        (
+            &history[2],
+            "confirm",
+            "pending",
+            "confirmed",
+            "stock checked",
+            confirm_job,
+            3,
+        ),
+    ] {
+        assert_eq!(row["action"], action, "{row}");
+        assert_eq!(
+            (&row["from"], &row["to"]),
+            (&json!(from), &json!(to)),
+            "{row}"
+        );
+        assert_eq!(
+            row["actor"],
+            json!({"id": admin.to_string(), "role": "admin"}),
+            "{row}"
+        );
+        assert_eq!(row["reason"], reason, "{row}");
+        assert_eq!(row["job_id"], job.to_string(), "{row}");
+        assert!(row["bulk_id"].is_null(), "{row}");
+        assert_eq!(row["version"], version, "{row}");
+        assert!(row["at"].is_string(), "{row}");
+    }
+    assert_eq!(
+        sys.history(&ctok, order_id).await,
+        history,
+        "the owner reads the same history"
+    );
+
+    let order = sys
+        .get(&format!("/orders/{order_id}"), Some(&ctok))
+        .await
+        .expect_status(200, "GET order");
+    assert_eq!(order.body["status"], "confirmed", "{}", order.body);
+    assert_eq!(order.body["payment_status"], "paid", "{}", order.body);
+    assert_eq!(order.body["version"], 3, "{}", order.body);
+    let etag = order.header("etag").unwrap_or_default();
+    assert_eq!(
+        etag.trim_start_matches("W/").trim_matches('"'),
+        "3",
+        "ETag is the version: {etag:?}"
+    );
+
+    // One history row and one outbox row per committed change, nothing else.
+    let outbox = sys
+        .count("select count(*) from outbox where order_id = $1", order_id)
+        .await;
+    let audit = sys
+        .count(
+            "select count(*) from order_status_history where order_id = $1",
+            order_id,
+        )
+        .await;
+    assert_eq!(
+        (audit, outbox),
+        (3, 3),
+        "history and outbox rows for create + 2 changes"
+    );
+
+    sys.stop().await;
+}
+
+/// (action, version) of an event, with `create` for `order.created`.
+fn event_step(body: &Value) -> (String, i64) {
+    let action = match body["action"].as_str() {
+        Some(a) => a.to_owned(),
+        None if body["type"] == "order.created" => "create".to_owned(),
+        None => panic!("event without an action: {body}"),
+    };
+    (
+        action,
+        body["version"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("event without a version: {body}")),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_per_order_follow_history_order() {
+    let sys = TestSystem::start().await;
+    let atok = sys.token("admin", Uuid::new_v4());
+    // Bound before the first order exists, so this consumer sees every order event.
+    let mut downstream = sys.downstream_queue("order.#").await;
+
+    let mut orders = Vec::new();
+    for _ in 0..3 {
+        let ctok = sys.token("customer", Uuid::new_v4());
+        orders.push(sys.create_simple_order(&ctok).await);
+    }
+
+    // Interleave the orders' changes and submit them all before waiting for any.
+    let steps = [
+        json!({"action": "mark_paid"}),
+        json!({"action": "confirm"}),
+        json!({"action": "start_processing", "reason": "picked"}),
+        json!({"action": "ship", "tracking_number": "TRACK-1"}),
+    ];
+    let mut jobs = Vec::new();
+    for step in &steps {
+        for &order_id in &orders {
+            jobs.push((
+                order_id,
+                step.clone(),
+                sys.submit(&atok, order_id, step).await,
+            ));
+        }
+    }
+    let mut outcomes = Vec::new();
+    let mut succeeded = 0;
+    for (order_id, step, job_id) in &jobs {
+        let job = sys.wait_job(&atok, *job_id).await;
+        if step["action"] == "mark_paid" {
+            assert_eq!(
+                job["status"], "succeeded",
+                "mark_paid on {order_id} has no reason to fail: {job}"
+            );
+        }
+        if job["status"] == "succeeded" {
+            succeeded += 1;
+        }
+        let (short_id, action) = (
+            order_id.simple().to_string(),
+            step["action"].as_str().unwrap_or_default(),
+        );
+        outcomes.push(format!(
+            "{}…: {action} -> {}",
+            &short_id[24..],
+            job["status"].as_str().unwrap_or("?")
+        ));
+    }
+    eprintln!("job outcomes: {outcomes:?}");
+
+    let mut expected = BTreeMap::new();
+    for &order_id in &orders {
+        let steps: Vec<(String, i64)> = sys
+            .history(&atok, order_id)
+            .await
+            .iter()
+            .map(|row| {
+                (
+                    row["action"].as_str().unwrap_or_default().to_owned(),
+                    row["version"].as_i64().unwrap_or(-1),
+                )
+            })
+            .collect();
+        expected.insert(order_id.to_string(), steps);
+    }
+    let changes: usize = expected.values().map(|h| h.len() - 1).sum();
+    assert_eq!(
+        succeeded, changes,
+        "one history row per succeeded job: {expected:#?}"
+    );
+
+    // Collect until every order has as many events as history rows.
+    let mut seen: BTreeMap<String, Vec<(String, i64)>> = BTreeMap::new();
+    let mut ids = Vec::new();
+    let total: usize = expected.values().map(Vec::len).sum();
+    while ids.len() < total {
+        let msg = downstream
+            .expect_next(&format!(
+                "{total} order events; got {} so far: {seen:#?}",
+                ids.len()
+            ))
+            .await;
+        let body = message_json(&msg);
+        let order = body["order_id"].as_str().unwrap_or_default().to_owned();
+        assert!(
+            expected.contains_key(&order),
+            "event for an unknown order: {body}"
+        );
+        let key = msg.routing_key.as_str();
+        if body["type"] == "order.created" {
+            assert_eq!(key, "order.created", "{body}");
+        } else {
+            assert_eq!(
+                key,
+                format!("order.status.{}", body["to"].as_str().unwrap_or_default()),
+                "{body}"
+            );
+        }
+        assert_eq!(
+            message_header(&msg, "order_id").as_deref(),
+            Some(order.as_str()),
+            "{body}"
+        );
+        let id: u64 = message_id(&msg)
+            .and_then(|id| id.parse().ok())
+            .unwrap_or_else(|| panic!("message_id must be the decimal seq: {body}"));
+        assert_eq!(body["seq"].as_u64(), Some(id), "message_id = seq: {body}");
+        ids.push(id);
+        seen.entry(order).or_default().push(event_step(&body));
+    }
+
+    assert_eq!(
+        seen, expected,
+        "per order, events in history order (action, version)"
+    );
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "message ids unique and increasing in publish order: {ids:?}"
+    );
+    assert_eq!(
+        ids.iter().collect::<HashSet<_>>().len(),
+        ids.len(),
+        "no duplicates: {ids:?}"
+    );
+
+    // Nothing more was published for these orders: the next event is a new order's creation.
+    let sentinel = sys
+        .create_simple_order(&sys.token("customer", Uuid::new_v4()))
+        .await;
+    let msg = downstream
+        .expect_next("the sentinel order's order.created")
+        .await;
+    let body = message_json(&msg);
+    assert_eq!(
+        (body["type"].as_str(), body["order_id"].as_str()),
+        (Some("order.created"), Some(sentinel.to_string().as_str())),
+        "an extra event was published after the expected ones: {body}"
+    );
+
+    sys.stop().await;
+}

@@ -1,0 +1,123 @@
+//! A live stream that reconnects with its last event id gets exactly what it missed — in
+//! order, without duplicates, without gaps — whether the bridge still holds the events in
+//! memory or (after a restart) has to replay them from the outbox.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use uuid::Uuid;
+
+const SUBSCRIBE: &str = "/orders/events/subscribe";
+
+#[derive(Clone, Copy, Debug)]
+enum Resume {
+    /// `Last-Event-ID` header, same process (replay from the in-memory ring).
+    Header,
+    /// `?last_event_id=` query parameter, same process.
+    Query,
+    /// `Last-Event-ID` header after the process was killed and restarted (replay from the outbox).
+    HeaderAfterRestart,
+}
+
+async fn missed_events_are_replayed_exactly(mode: Resume) {
+    let mut sys = TestSystem::start().await;
+    let ctok = sys.token("customer", Uuid::new_v4());
+    let atok = sys.token("admin", Uuid::new_v4());
+    let order = sys.create_simple_order(&ctok).await;
+
+    let mut stream = sys.sse_connect(SUBSCRIBE, Some(&ctok), None).await;
+    sys.apply(&atok, order, &json!({"action": "mark_paid"}))
+        .await;
+    let seen = stream
+        .collect_until(|e| e.kind() == "order.status_changed", EVENT_DEADLINE)
+        .await;
+    let last_seen = seen.last().unwrap().seq();
+    drop(stream);
+
+    // Three changes while disconnected, each committed before the next.
+    let missed = [
+        json!({"action": "confirm"}),
+        json!({"action": "start_processing"}),
+        json!({"action": "ship", "tracking_number": "1Z999"}),
+    ];
+    let mut jobs = Vec::new();
+    for step in &missed {
+        jobs.push(sys.apply(&atok, order, step).await["id"].clone());
+    }
+    if let Resume::HeaderAfterRestart = mode {
+        sys.restart().await;
+    }
+
+    let mut resumed = match mode {
+        Resume::Header | Resume::HeaderAfterRestart => {
+            sys.sse_connect(SUBSCRIBE, Some(&ctok), Some(last_seen))
+                .await
+        }
+        Resume::Query => {
+            sys.sse_connect(
+                &format!("{SUBSCRIBE}?last_event_id={last_seen}"),
+                Some(&ctok),
+                None,
+            )
+            .await
+        }
+    };
+    let mut last = last_seen;
+    for (i, (step, job)) in missed.iter().zip(&jobs).enumerate() {
+        let event = resumed
+            .expect_event(&format!("{mode:?}: missed event #{} ({step})", i + 1))
+            .await;
+        let data = event.json();
+        assert_eq!(event.kind(), "order.status_changed", "{mode:?}: {event:?}");
+        assert_eq!(
+            data["action"], step["action"],
+            "{mode:?}: missed events in order, got {data}"
+        );
+        assert_eq!(&data["job_id"], job, "{mode:?}: {data}");
+        assert_eq!(data["version"], 3 + i, "{mode:?}: {data}");
+        assert_eq!(
+            event.seq(),
+            last + 1,
+            "{mode:?}: ids continue gap-free after Last-Event-ID {last_seen} (nothing repeated, nothing skipped)"
+        );
+        assert_eq!(data["seq"].as_u64(), Some(event.seq()), "{mode:?}: {data}");
+        last = event.seq();
+    }
+
+    // Nothing extra was replayed: the next event is a new, live change.
+    let job = sys
+        .submit(&atok, order, &json!({"action": "deliver"}))
+        .await;
+    let event = resumed
+        .expect_event(&format!("{mode:?}: the live deliver event"))
+        .await;
+    let data = event.json();
+    assert_eq!(
+        data["action"], "deliver",
+        "{mode:?}: an extra event came after the replay: {event:?}"
+    );
+    assert_eq!(data["job_id"], job.to_string(), "{mode:?}: {data}");
+    assert_eq!(
+        event.seq(),
+        last + 1,
+        "{mode:?}: live events continue the replayed ids"
+    );
+
+    sys.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumed_stream_gets_exactly_the_missed_events() {
+    missed_events_are_replayed_exactly(Resume::Header).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumed_stream_by_query_parameter_gets_exactly_the_missed_events() {
+    missed_events_are_replayed_exactly(Resume::Query).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumed_stream_after_bridge_restart_loses_nothing() {
+    missed_events_are_replayed_exactly(Resume::HeaderAfterRestart).await;
+}
