@@ -19,6 +19,21 @@ pub struct NewEntry<'a> {
     pub version: i64,
 }
 
+/// An owned row for set-wise inserts (a batch's changes).
+#[derive(Debug, Clone)]
+pub struct NewRow {
+    pub order_id: Uuid,
+    pub from: Option<String>,
+    pub to: String,
+    pub action: String,
+    pub actor_id: Uuid,
+    pub actor_role: Role,
+    pub reason: Option<String>,
+    pub job_id: Option<Uuid>,
+    pub bulk_id: Option<Uuid>,
+    pub version: i64,
+}
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Entry {
     pub from_status: Option<String>,
@@ -85,6 +100,34 @@ pub async fn insert(conn: &mut PgConnection, e: &NewEntry<'_>) -> sqlx::Result<(
     .bind(e.job_id)
     .bind(e.bulk_id)
     .bind(e.version)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Insert many rows in one statement, all stamped `at` (the transaction's time).
+pub async fn insert_many(conn: &mut PgConnection, rows: &[NewRow], at: DateTime<Utc>) -> sqlx::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let col = |f: fn(&NewRow) -> Option<String>| rows.iter().map(f).collect::<Vec<_>>();
+    sqlx::query(
+        "insert into order_status_history
+           (order_id, from_status, to_status, action, actor_id, actor_role, reason, job_id, bulk_id, version, created_at)
+         select *, $11 from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[], $6::text[],
+                                  $7::text[], $8::uuid[], $9::uuid[], $10::bigint[])",
+    )
+    .bind(rows.iter().map(|r| r.order_id).collect::<Vec<_>>())
+    .bind(col(|r| r.from.clone()))
+    .bind(rows.iter().map(|r| r.to.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.action.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.actor_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.actor_role.as_str()).collect::<Vec<_>>())
+    .bind(col(|r| r.reason.clone()))
+    .bind(rows.iter().map(|r| r.job_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.bulk_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
+    .bind(at)
     .execute(conn)
     .await?;
     Ok(())

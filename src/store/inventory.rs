@@ -33,14 +33,14 @@ pub async fn get(conn: &mut PgConnection, sku: &str) -> sqlx::Result<Option<Stoc
         .await
 }
 
-/// Lock the tracked skus among `skus` (in sku order, so concurrent batches cannot deadlock).
-pub async fn lock_many(conn: &mut PgConnection, skus: &[String]) -> sqlx::Result<Vec<Stock>> {
-    sqlx::query_as(&format!(
-        "select {COLUMNS} from inventory where sku = any($1) order by sku for update"
-    ))
-    .bind(skus)
-    .fetch_all(conn)
-    .await
+/// The tracked skus among `skus`; with `lock`, locked for update in sku order (so that
+/// concurrent batches cannot deadlock).
+pub async fn load_many(conn: &mut PgConnection, skus: &[String], lock: bool) -> sqlx::Result<Vec<Stock>> {
+    let lock = if lock { "for update" } else { "" };
+    sqlx::query_as(&format!("select {COLUMNS} from inventory where sku = any($1) order by sku {lock}"))
+        .bind(skus)
+        .fetch_all(conn)
+        .await
 }
 
 /// Add `deltas` (sku, reserved delta, on_hand delta) to tracked skus; untracked skus are ignored.

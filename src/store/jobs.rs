@@ -138,21 +138,30 @@ pub async fn claim(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<Jo
     .await
 }
 
-/// Record a job's terminal outcome.
-pub async fn finish(
-    conn: &mut PgConnection,
-    id: Uuid,
-    status: &str,
-    result: Option<&Value>,
-    error: Option<&Value>,
-) -> sqlx::Result<()> {
-    sqlx::query("update jobs set status = $2, result = $3, error = $4, updated_at = now() where id = $1")
-        .bind(id)
-        .bind(status)
-        .bind(result)
-        .bind(error)
-        .execute(conn)
-        .await?;
+/// A job's terminal outcome, recorded with its batch.
+pub struct Finished {
+    pub id: Uuid,
+    pub status: &'static str,
+    pub result: Option<Value>,
+    pub error: Option<Value>,
+}
+
+/// Record many outcomes in one statement.
+pub async fn finish_many(conn: &mut PgConnection, done: &[Finished]) -> sqlx::Result<()> {
+    if done.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "update jobs j set status = v.status, result = v.result, error = v.error, updated_at = now()
+         from unnest($1::uuid[], $2::text[], $3::jsonb[], $4::jsonb[]) as v(id, status, result, error)
+         where j.id = v.id",
+    )
+    .bind(done.iter().map(|d| d.id).collect::<Vec<_>>())
+    .bind(done.iter().map(|d| d.status).collect::<Vec<_>>())
+    .bind(done.iter().map(|d| d.result.clone()).collect::<Vec<_>>())
+    .bind(done.iter().map(|d| d.error.clone()).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

@@ -83,14 +83,14 @@ pub async fn get(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<Order
         .await
 }
 
-/// Lock the orders for update, in id order so that concurrent batches never deadlock.
-pub async fn lock_many(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<Order>> {
-    sqlx::query_as(&format!(
-        "select {COLUMNS} from orders where id = any($1) order by id for update"
-    ))
-    .bind(ids)
-    .fetch_all(conn)
-    .await
+/// Load orders by id; with `lock`, lock them for update in id order (so that concurrent
+/// batches never deadlock).
+pub async fn load_many(conn: &mut PgConnection, ids: &[Uuid], lock: bool) -> sqlx::Result<Vec<Order>> {
+    let lock = if lock { "for update" } else { "" };
+    sqlx::query_as(&format!("select {COLUMNS} from orders where id = any($1) order by id {lock}"))
+        .bind(ids)
+        .fetch_all(conn)
+        .await
 }
 
 pub async fn items(conn: &mut PgConnection, order_ids: &[Uuid]) -> sqlx::Result<Vec<OrderItem>> {
@@ -103,22 +103,28 @@ pub async fn items(conn: &mut PgConnection, order_ids: &[Uuid]) -> sqlx::Result<
     .await
 }
 
-/// Write a new status and payment status, bumping the version; returns the new row.
-pub async fn update_state(
-    conn: &mut PgConnection,
-    id: Uuid,
-    status: OrderStatus,
-    payment_status: PaymentStatus,
-) -> sqlx::Result<Order> {
-    sqlx::query_as(&format!(
-        "update orders set status = $2, payment_status = $3, version = version + 1, updated_at = now()
-         where id = $1 returning {COLUMNS}"
-    ))
-    .bind(id)
-    .bind(status.as_str())
-    .bind(payment_status.as_str())
-    .fetch_one(conn)
-    .await
+/// Store the status, payment status and version of changed orders, set-wise.
+pub async fn store_states(conn: &mut PgConnection, changed: &[&Order], now: DateTime<Utc>) -> sqlx::Result<()> {
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = changed.iter().map(|o| o.id).collect();
+    let statuses: Vec<&str> = changed.iter().map(|o| o.status.as_str()).collect();
+    let payments: Vec<&str> = changed.iter().map(|o| o.payment_status.as_str()).collect();
+    let versions: Vec<i64> = changed.iter().map(|o| o.version).collect();
+    sqlx::query(
+        "update orders o set status = v.status, payment_status = v.payment, version = v.version, updated_at = $5
+         from unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[]) as v(id, status, payment, version)
+         where o.id = v.id",
+    )
+    .bind(&ids)
+    .bind(&statuses)
+    .bind(&payments)
+    .bind(&versions)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// One page of orders, newest first (ids are UUIDv7, so id order is creation order).

@@ -19,6 +19,28 @@ pub async fn insert(conn: &mut PgConnection, e: &NewEvent) -> sqlx::Result<()> {
     Ok(())
 }
 
+/// Insert many events in one statement, in slice order (their ids follow it).
+pub async fn insert_many(conn: &mut PgConnection, events: &[NewEvent]) -> sqlx::Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "insert into outbox (order_id, customer_id, event_type, routing_key, payload)
+         select order_id, customer_id, event_type, routing_key, payload
+         from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[]) with ordinality
+              as t(order_id, customer_id, event_type, routing_key, payload, ord)
+         order by ord",
+    )
+    .bind(events.iter().map(|e| e.order_id).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.customer_id).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.event_type).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.routing_key.as_str()).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| &e.payload).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 #[derive(Debug, sqlx::FromRow)]
 struct SequencedRow {
     seq: i64,

@@ -1,17 +1,175 @@
-//! Apply a batch of change-status jobs in ONE transaction: claim each job once, lock the
-//! orders (id order) and their tracked stock (sku order), run the state machine in delivery
-//! order, and write orders, stock, history, outbox and job outcomes together.
+//! The one apply path. A [`Batch`] locks a set of orders (id order) and their tracked
+//! stock (sku order), runs the state machine on each requested change in turn — later
+//! changes see earlier ones — and writes every effect set-wise in the caller's
+//! transaction: orders, stock, history, outbox. Single jobs ([`apply_batch`]) and bulk
+//! chunks (`worker::bulk`) both go through it; bulk previews run it without writing.
 
 use crate::domain::machine::{self, ChangeRequest, OrderContext, StockEffect, StockLine};
-use crate::domain::{Actor, Rejection};
+use crate::domain::{Action, Actor, OrderStatus, Rejection};
 use crate::event::{Change, NewEvent};
 use crate::job::ChangeStatus;
 use crate::store::orders::{Order, OrderItem};
 use crate::store::{history, inventory, jobs, orders, outbox};
+use chrono::{DateTime, Utc};
 use serde_json::json;
 use sqlx::{PgConnection, PgPool};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use uuid::Uuid;
+
+/// An accepted change, as applied in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    pub action: Action,
+    pub from: OrderStatus,
+    pub to: OrderStatus,
+    pub version: i64,
+}
+
+/// Orders loaded (and usually locked) for a set of changes, with the effects so far.
+pub struct Batch {
+    now: DateTime<Utc>,
+    orders: HashMap<Uuid, Order>,
+    items: HashMap<Uuid, Vec<OrderItem>>,
+    /// (on_hand, reserved) of tracked skus, kept current as changes apply.
+    stock: HashMap<String, (i64, i64)>,
+    changed: Vec<Uuid>,
+    stock_deltas: BTreeMap<String, (i64, i64)>,
+    history: Vec<history::NewRow>,
+    events: Vec<NewEvent>,
+}
+
+impl Batch {
+    /// Load `order_ids` with their items and stock. With `lock`, rows are locked for update
+    /// (orders in id order, then skus in sku order: concurrent batches cannot deadlock).
+    pub async fn load(conn: &mut PgConnection, order_ids: &[Uuid], lock: bool) -> sqlx::Result<Self> {
+        let mut ids = order_ids.to_vec();
+        ids.sort();
+        ids.dedup();
+        let now: DateTime<Utc> = sqlx::query_scalar("select now()").fetch_one(&mut *conn).await?;
+        let orders: HashMap<Uuid, Order> =
+            orders::load_many(conn, &ids, lock).await?.into_iter().map(|o| (o.id, o)).collect();
+        let mut items: HashMap<Uuid, Vec<OrderItem>> = HashMap::new();
+        for item in orders::items(conn, &ids).await? {
+            items.entry(item.order_id).or_default().push(item);
+        }
+        let mut skus: Vec<String> = items.values().flatten().map(|i| i.sku.clone()).collect();
+        skus.sort();
+        skus.dedup();
+        let stock = inventory::load_many(conn, &skus, lock)
+            .await?
+            .into_iter()
+            .map(|s| (s.sku, (s.on_hand, s.reserved)))
+            .collect();
+        Ok(Batch {
+            now,
+            orders,
+            items,
+            stock,
+            changed: Vec::new(),
+            stock_deltas: BTreeMap::new(),
+            history: Vec::new(),
+            events: Vec::new(),
+        })
+    }
+
+    pub fn order(&self, id: Uuid) -> Option<&Order> {
+        self.orders.get(&id)
+    }
+
+    /// Judge `request` by `actor` on the order as it is now in this batch, and on success
+    /// record the change: later changes in the batch see its effects.
+    pub fn apply(
+        &mut self,
+        order_id: Uuid,
+        actor: Actor,
+        request: &ChangeStatus,
+        job_id: Option<Uuid>,
+        bulk_id: Option<Uuid>,
+    ) -> Result<Applied, Rejection> {
+        let order = self.orders.get(&order_id).ok_or_else(|| {
+            Rejection::new(crate::domain::RejectCode::InvalidTransition, "the order does not exist")
+        })?;
+        let action = match (request.action, request.to) {
+            (Some(action), _) => action,
+            (None, Some(to)) => machine::action_for_target(order.status, to)?,
+            (None, None) => {
+                return Err(Rejection::new(crate::domain::RejectCode::MissingField, "neither `action` nor `to` given"));
+            }
+        };
+        let order_items = self.items.get(&order_id).map(Vec::as_slice).unwrap_or_default();
+        let lines: Vec<StockLine> = order_items
+            .iter()
+            .map(|i| StockLine {
+                sku: i.sku.clone(),
+                quantity: i.quantity.into(),
+                available: self.stock.get(&i.sku).map(|(on_hand, reserved)| on_hand - reserved),
+            })
+            .collect();
+        let ctx = OrderContext {
+            customer_id: order.customer_id,
+            status: order.status,
+            payment_status: order.payment_status,
+            version: order.version,
+            stock: &lines,
+        };
+        let req = ChangeRequest {
+            expected_version: request.expected_version,
+            tracking_number: request.tracking_number.as_deref(),
+        };
+        let decision = machine::decide(&ctx, &actor, action, &req)?;
+
+        for item in order_items {
+            let Some(level) = self.stock.get_mut(&item.sku) else { continue };
+            let q = i64::from(item.quantity);
+            let (reserved, on_hand) = match decision.stock {
+                StockEffect::None => continue,
+                StockEffect::Reserve => (q, 0),
+                StockEffect::Release => (-q, 0),
+                StockEffect::Consume => (-q, -q),
+            };
+            level.0 += on_hand;
+            level.1 += reserved;
+            let delta = self.stock_deltas.entry(item.sku.clone()).or_default();
+            delta.0 += reserved;
+            delta.1 += on_hand;
+        }
+
+        let order = self.orders.get_mut(&order_id).expect("checked above");
+        order.status = decision.to;
+        order.payment_status = decision.payment_status;
+        order.version += 1;
+        order.updated_at = self.now;
+        self.changed.push(order_id);
+        let change = Change { action: action.as_str(), from: Some(decision.from), actor, reason: request.reason.as_deref(), job_id, bulk_id };
+        self.history.push(history::NewRow {
+            order_id,
+            from: Some(decision.from.as_str().to_owned()),
+            to: decision.to.as_str().to_owned(),
+            action: action.as_str().to_owned(),
+            actor_id: actor.id,
+            actor_role: actor.role,
+            reason: request.reason.clone(),
+            job_id,
+            bulk_id,
+            version: order.version,
+        });
+        self.events.push(NewEvent::order(order, &change));
+        Ok(Applied { action, from: decision.from, to: decision.to, version: order.version })
+    }
+
+    /// Write every recorded effect in the caller's transaction, set-wise.
+    pub async fn write(self, conn: &mut PgConnection) -> sqlx::Result<usize> {
+        let mut seen = HashSet::new();
+        let changed: Vec<&Order> =
+            self.changed.iter().filter(|id| seen.insert(**id)).map(|id| &self.orders[id]).collect();
+        orders::store_states(conn, &changed, self.now).await?;
+        let deltas: Vec<(String, i64, i64)> = self.stock_deltas.into_iter().map(|(sku, (r, o))| (sku, r, o)).collect();
+        inventory::adjust(conn, &deltas).await?;
+        history::insert_many(conn, &self.history, self.now).await?;
+        outbox::insert_many(conn, &self.events).await?;
+        Ok(self.history.len())
+    }
+}
 
 /// What became of one job of the batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,164 +187,57 @@ pub enum Outcome {
 /// Per job id, in delivery order.
 pub type Report = Vec<(Uuid, Outcome)>;
 
-/// Apply `job_ids` (delivery order; repeats allowed) and commit. On error nothing is written.
+/// Apply change-status jobs (delivery order; repeats allowed) in one transaction: claim
+/// each job once (an unclaimable job is a duplicate delivery and changes nothing), apply,
+/// record every outcome, commit. On error nothing is written.
 #[tracing::instrument(skip_all, fields(jobs = job_ids.len()), err)]
 pub async fn apply_batch(pool: &PgPool, job_ids: &[Uuid]) -> sqlx::Result<Report> {
     let mut tx = pool.begin().await?;
-    let report = apply_in(&mut tx, job_ids).await?;
-    tx.commit().await?;
-    Ok(report)
-}
-
-async fn apply_in(conn: &mut PgConnection, job_ids: &[Uuid]) -> sqlx::Result<Report> {
-    let mut unique = Vec::with_capacity(job_ids.len());
-    let mut seen = HashSet::new();
-    for id in job_ids {
-        if seen.insert(*id) {
-            unique.push(*id);
-        }
-    }
-    let mut claimed: HashMap<Uuid, jobs::Job> =
-        jobs::claim(conn, &unique).await?.into_iter().map(|j| (j.id, j)).collect();
-
-    let mut order_ids: Vec<Uuid> = claimed.values().filter_map(|j| j.order_id).collect();
-    order_ids.sort();
-    order_ids.dedup();
-    let mut orders: HashMap<Uuid, Order> =
-        orders::lock_many(conn, &order_ids).await?.into_iter().map(|o| (o.id, o)).collect();
-    let mut items: HashMap<Uuid, Vec<OrderItem>> = HashMap::new();
-    for item in orders::items(conn, &order_ids).await? {
-        items.entry(item.order_id).or_default().push(item);
-    }
-    let mut skus: Vec<String> = items.values().flatten().map(|i| i.sku.clone()).collect();
-    skus.sort();
-    skus.dedup();
-    // (on_hand, reserved) of tracked skus, kept current as the batch applies changes.
-    let mut stock: HashMap<String, (i64, i64)> = inventory::lock_many(conn, &skus)
-        .await?
-        .into_iter()
-        .map(|s| (s.sku, (s.on_hand, s.reserved)))
-        .collect();
+    let mut unique = job_ids.to_vec();
+    unique.sort();
+    unique.dedup();
+    let mut claimed: HashMap<Uuid, jobs::Job> = jobs::claim(&mut tx, &unique).await?.into_iter().map(|j| (j.id, j)).collect();
+    let order_ids: Vec<Uuid> = claimed.values().filter_map(|j| j.order_id).collect();
+    let mut batch = Batch::load(&mut tx, &order_ids, true).await?;
 
     let mut report = Vec::with_capacity(job_ids.len());
+    let mut outcomes = Vec::with_capacity(claimed.len());
     for id in job_ids {
         let Some(job) = claimed.remove(id) else {
             report.push((*id, Outcome::Duplicate));
             continue;
         };
-        let outcome = apply_one(conn, &job, &mut orders, &items, &mut stock).await?;
-        let (status, result, error) = match &outcome {
-            Outcome::Succeeded => {
-                let order = &orders[&job.order_id.expect("change_status jobs have an order")];
-                ("succeeded", Some(json!({ "order_id": order.id, "status": order.status, "version": order.version })), None)
+        let outcome = match (serde_json::from_value::<ChangeStatus>(job.payload.clone()), job.order_id) {
+            (Err(e), _) => Outcome::Dead(format!("unreadable job payload: {e}")),
+            (Ok(_), None) => Outcome::Dead("a change-status job without an order".into()),
+            (Ok(request), Some(order_id)) => {
+                let actor = Actor { id: job.actor_id, role: job.actor_role };
+                match batch.apply(order_id, actor, &request, Some(job.id), job.bulk_id) {
+                    Ok(applied) => {
+                        tracing::debug!(job_id = %job.id, %order_id, action = %applied.action, to = %applied.to, "applied");
+                        outcomes.push(jobs::Finished {
+                            id: job.id,
+                            status: "succeeded",
+                            result: Some(json!({ "order_id": order_id, "status": applied.to, "version": applied.version })),
+                            error: None,
+                        });
+                        report.push((job.id, Outcome::Succeeded));
+                        continue;
+                    }
+                    Err(r) => Outcome::Rejected(r),
+                }
             }
-            Outcome::Rejected(r) => ("rejected", None, Some(json!({ "code": r.code, "message": r.message }))),
-            Outcome::Dead(why) => ("dead", None, Some(json!({ "code": "invalid_job", "message": why }))),
-            Outcome::Duplicate | Outcome::Deferred => unreachable!("apply_one decides, it does not defer"),
         };
-        jobs::finish(conn, job.id, status, result.as_ref(), error.as_ref()).await?;
-        report.push((*id, outcome));
+        let (status, error) = match &outcome {
+            Outcome::Rejected(r) => ("rejected", json!({ "code": r.code, "message": r.message })),
+            Outcome::Dead(why) => ("dead", json!({ "code": "invalid_job", "message": why })),
+            _ => unreachable!("only rejections and dead jobs reach here"),
+        };
+        outcomes.push(jobs::Finished { id: job.id, status, result: None, error: Some(error) });
+        report.push((job.id, outcome));
     }
+    batch.write(&mut tx).await?;
+    jobs::finish_many(&mut tx, &outcomes).await?;
+    tx.commit().await?;
     Ok(report)
-}
-
-#[tracing::instrument(skip_all, fields(job_id = %job.id, order_id = ?job.order_id))]
-async fn apply_one(
-    conn: &mut PgConnection,
-    job: &jobs::Job,
-    orders: &mut HashMap<Uuid, Order>,
-    items: &HashMap<Uuid, Vec<OrderItem>>,
-    stock: &mut HashMap<String, (i64, i64)>,
-) -> sqlx::Result<Outcome> {
-    let request: ChangeStatus = match serde_json::from_value(job.payload.clone()) {
-        Ok(r) => r,
-        Err(e) => return Ok(Outcome::Dead(format!("unreadable job payload: {e}"))),
-    };
-    let Some(order) = job.order_id.and_then(|id| orders.get(&id)) else {
-        return Ok(Outcome::Dead("the job's order does not exist".into()));
-    };
-    let actor = Actor { id: job.actor_id, role: job.actor_role };
-    let action = match (request.action, request.to) {
-        (Some(action), _) => action,
-        (None, Some(to)) => match machine::action_for_target(order.status, to) {
-            Ok(action) => action,
-            Err(r) => return Ok(Outcome::Rejected(r)),
-        },
-        (None, None) => return Ok(Outcome::Dead("job names neither action nor target status".into())),
-    };
-    let order_items = items.get(&order.id).map(Vec::as_slice).unwrap_or_default();
-    let lines: Vec<StockLine> = order_items
-        .iter()
-        .map(|i| StockLine {
-            sku: i.sku.clone(),
-            quantity: i.quantity.into(),
-            available: stock.get(&i.sku).map(|(on_hand, reserved)| on_hand - reserved),
-        })
-        .collect();
-    let ctx = OrderContext {
-        customer_id: order.customer_id,
-        status: order.status,
-        payment_status: order.payment_status,
-        version: order.version,
-        stock: &lines,
-    };
-    let req = ChangeRequest {
-        expected_version: request.expected_version,
-        tracking_number: request.tracking_number.as_deref(),
-    };
-    let decision = match machine::decide(&ctx, &actor, action, &req) {
-        Ok(d) => d,
-        Err(r) => return Ok(Outcome::Rejected(r)),
-    };
-
-    // Stock first: (reserved delta, on_hand delta) per tracked sku.
-    let deltas: Vec<(String, i64, i64)> = order_items
-        .iter()
-        .filter(|i| stock.contains_key(&i.sku))
-        .filter_map(|i| {
-            let q = i64::from(i.quantity);
-            match decision.stock {
-                StockEffect::None => None,
-                StockEffect::Reserve => Some((i.sku.clone(), q, 0)),
-                StockEffect::Release => Some((i.sku.clone(), -q, 0)),
-                StockEffect::Consume => Some((i.sku.clone(), -q, -q)),
-            }
-        })
-        .collect();
-    inventory::adjust(conn, &deltas).await?;
-    for (sku, reserved, on_hand) in &deltas {
-        let entry = stock.get_mut(sku).expect("filtered to tracked skus");
-        entry.1 += reserved;
-        entry.0 += on_hand;
-    }
-
-    let updated = orders::update_state(conn, order.id, decision.to, decision.payment_status).await?;
-    let change = Change {
-        action: action.as_str(),
-        from: Some(decision.from),
-        actor,
-        reason: request.reason.as_deref(),
-        job_id: Some(job.id),
-        bulk_id: job.bulk_id,
-    };
-    history::insert(
-        conn,
-        &history::NewEntry {
-            order_id: updated.id,
-            from: Some(decision.from.as_str()),
-            to: decision.to.as_str(),
-            action: action.as_str(),
-            actor_id: actor.id,
-            actor_role: actor.role,
-            reason: change.reason,
-            job_id: change.job_id,
-            bulk_id: change.bulk_id,
-            version: updated.version,
-        },
-    )
-    .await?;
-    outbox::insert(conn, &NewEvent::order(&updated, &change)).await?;
-    tracing::debug!(action = %action, from = %decision.from, to = %decision.to, version = updated.version, "applied");
-    orders.insert(updated.id, updated);
-    Ok(Outcome::Succeeded)
 }
