@@ -122,6 +122,19 @@ pub struct WorkerConfig {
     #[arg(long, env = "SWEEP_INTERVAL_SECS", default_value_t = 15)]
     pub sweep_interval_secs: u64,
 
+    /// Consume bulk operations too (`false`: single changes only).
+    #[arg(long, env = "WORKER_BULK", default_value_t = true, action = clap::ArgAction::Set)]
+    pub worker_bulk: bool,
+
+    /// Orders per bulk chunk (one transaction, one progress event, one cancel check).
+    #[arg(long, env = "BULK_CHUNK_SIZE", default_value_t = 1_000)]
+    pub bulk_chunk_size: i64,
+
+    /// Most bulk changes this worker applies per second (0: no limit). Kept apart from the
+    /// single-change limits so a bulk never takes their share.
+    #[arg(long, env = "WORKER_RATE_BULK", default_value_t = 20_000)]
+    pub worker_rate_bulk: u32,
+
     /// Fault injection for tests: abort the process after every Nth committed batch,
     /// before acknowledging it (0: never). Proves that a redelivery applies nothing twice.
     #[arg(long, env = "ORDERFLOW_CRASH_AFTER_COMMIT_EVERY", default_value_t = 0)]

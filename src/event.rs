@@ -4,6 +4,7 @@
 
 use crate::domain::{Actor, OrderStatus};
 use crate::store::orders::Order;
+use chrono::Utc;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -58,6 +59,23 @@ impl NewEvent {
                 "bulk_id": change.bulk_id,
                 "at": order.updated_at,
             }),
+        }
+    }
+}
+
+impl NewEvent {
+    /// A bulk operation's progress (for admins and support on SSE, and downstream).
+    pub fn bulk_progress(bulk: &crate::store::bulk::BulkOp) -> Self {
+        let mut payload = bulk.view();
+        payload["type"] = Value::from(BULK_PROGRESS);
+        payload["bulk_id"] = serde_json::json!(bulk.id);
+        payload["at"] = serde_json::json!(Utc::now());
+        NewEvent {
+            order_id: None,
+            customer_id: None,
+            event_type: BULK_PROGRESS,
+            routing_key: BULK_PROGRESS.to_owned(),
+            payload,
         }
     }
 }

@@ -153,6 +153,22 @@ impl JobPublisher {
     /// direct reply-to once the job's outcome is committed. `customer_id` (the order's
     /// owner) lets workers apply per-customer rate limits.
     pub async fn publish(&self, msg: &JobMessage, actor: &Actor, customer_id: Option<Uuid>, reply: bool) -> Result<(), PublishError> {
+        self.publish_to(&self.names.jobs, msg, actor, customer_id, reply).await
+    }
+
+    /// Publish a bulk job to the bulk queue, confirmed like any job.
+    pub async fn publish_bulk(&self, msg: &JobMessage, actor: &Actor) -> Result<(), PublishError> {
+        self.publish_to(&self.names.bulk, msg, actor, None, false).await
+    }
+
+    async fn publish_to(
+        &self,
+        queue: &str,
+        msg: &JobMessage,
+        actor: &Actor,
+        customer_id: Option<Uuid>,
+        reply: bool,
+    ) -> Result<(), PublishError> {
         let session = self.session().await?;
         let body = serde_json::to_vec(msg).expect("job message serializes");
         let mut headers = FieldTable::default();
@@ -173,13 +189,13 @@ impl JobPublisher {
                 .channel
                 .basic_publish(
                     "".into(),
-                    self.names.jobs.as_str().into(),
+                    queue.into(),
                     BasicPublishOptions { mandatory: true, ..Default::default() },
                     &body,
                     props,
                 )
                 .await?;
-            check(confirm.await?, &self.names.jobs)
+            check(confirm.await?, queue)
         })
         .await
         .unwrap_or(Err(PublishError::Timeout(self.timeout)));

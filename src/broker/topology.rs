@@ -47,6 +47,9 @@ pub struct Names {
     pub jobs: String,
     /// Where jobs that cannot succeed are parked, with the reason in headers.
     pub jobs_dead: String,
+    /// Work queue of bulk operations (one message per bulk; its own consumers and limits,
+    /// so a large bulk never delays single changes).
+    pub bulk: String,
     pub retry: RetryPolicy,
 }
 
@@ -57,6 +60,7 @@ impl Names {
             events: format!("{namespace}orderflow.events"),
             jobs: format!("{namespace}orderflow.jobs"),
             jobs_dead: format!("{namespace}orderflow.jobs.dead"),
+            bulk: format!("{namespace}orderflow.bulk"),
             retry,
         }
     }
@@ -84,7 +88,7 @@ impl Names {
 
     /// Every durable queue of this namespace (for operators and test cleanup).
     pub fn durable_queues(&self) -> Vec<String> {
-        let mut queues = vec![self.jobs.clone(), self.jobs_dead.clone()];
+        let mut queues = vec![self.jobs.clone(), self.jobs_dead.clone(), self.bulk.clone()];
         queues.extend(self.retry.steps().map(|n| self.jobs_retry(n)));
         queues
     }
@@ -115,18 +119,20 @@ pub async fn declare(channel: &Channel, names: &Names) -> lapin::Result<()> {
         )
         .await?;
     channel.queue_declare(names.jobs_dead.as_str().into(), durable, FieldTable::default()).await?;
-    channel
-        .queue_declare(
-            names.jobs.as_str().into(),
-            durable,
-            args(&[
-                ("x-queue-type", text("quorum")),
-                ("x-delivery-limit", AMQPValue::LongInt(names.retry.delivery_limit as i32)),
-                ("x-dead-letter-exchange", text("")),
-                ("x-dead-letter-routing-key", text(&names.jobs_dead)),
-            ]),
-        )
-        .await?;
+    for work_queue in [&names.jobs, &names.bulk] {
+        channel
+            .queue_declare(
+                work_queue.as_str().into(),
+                durable,
+                args(&[
+                    ("x-queue-type", text("quorum")),
+                    ("x-delivery-limit", AMQPValue::LongInt(names.retry.delivery_limit as i32)),
+                    ("x-dead-letter-exchange", text("")),
+                    ("x-dead-letter-routing-key", text(&names.jobs_dead)),
+                ]),
+            )
+            .await?;
+    }
     for attempt in names.retry.steps() {
         let ttl = names.retry.delay_after(attempt).as_millis().min(i32::MAX as u128) as i32;
         channel
@@ -158,7 +164,7 @@ mod tests {
         assert_eq!(delays, vec![500, 2000, 8000]);
         assert_eq!(
             names.durable_queues(),
-            vec!["ns.orderflow.jobs", "ns.orderflow.jobs.dead", "ns.orderflow.jobs.retry.1", "ns.orderflow.jobs.retry.2", "ns.orderflow.jobs.retry.3"]
+            vec!["ns.orderflow.jobs", "ns.orderflow.jobs.dead", "ns.orderflow.bulk", "ns.orderflow.jobs.retry.1", "ns.orderflow.jobs.retry.2", "ns.orderflow.jobs.retry.3"]
         );
     }
 }

@@ -11,6 +11,7 @@ pub mod jobs;
 pub mod limits;
 pub mod orders;
 pub mod admin;
+pub mod bulk;
 
 use crate::auth::{HasKeys, Keys};
 use crate::broker::publisher::JobPublisher;
@@ -43,6 +44,7 @@ pub fn router(state: IngressState) -> Router {
         .merge(jobs::router())
         .merge(docs::router())
         .merge(admin::router())
+        .merge(bulk::router())
         .layer(axum::middleware::from_fn_with_state(state.clone(), limits::middleware))
         .with_state(state)
 }

@@ -320,6 +320,7 @@ async fn change_status(
         id: job_id,
         kind: KIND_CHANGE_STATUS,
         order_id: Some(id),
+        bulk_id: None,
         actor_id: actor.id,
         actor_role: actor.role,
         payload: &payload,

@@ -8,6 +8,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 pub const KIND_CHANGE_STATUS: &str = "change_status";
+pub const KIND_BULK: &str = "bulk";
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Job {
@@ -75,6 +76,7 @@ pub struct NewJob<'a> {
     pub id: Uuid,
     pub kind: &'a str,
     pub order_id: Option<Uuid>,
+    pub bulk_id: Option<Uuid>,
     pub actor_id: Uuid,
     pub actor_role: Role,
     pub payload: &'a Value,
@@ -84,8 +86,8 @@ pub struct NewJob<'a> {
 /// Insert a queued job. `None` when the actor already used this idempotency key.
 pub async fn insert(conn: &mut PgConnection, j: &NewJob<'_>) -> sqlx::Result<Option<Job>> {
     sqlx::query_as(&format!(
-        "insert into jobs (id, kind, order_id, actor_id, actor_role, payload, idempotency_key)
-         values ($1, $2, $3, $4, $5, $6, $7)
+        "insert into jobs (id, kind, order_id, actor_id, actor_role, payload, idempotency_key, bulk_id)
+         values ($1, $2, $3, $4, $5, $6, $7, $8)
          on conflict (actor_id, idempotency_key) where idempotency_key is not null do nothing
          returning {COLUMNS}"
     ))
@@ -96,6 +98,7 @@ pub async fn insert(conn: &mut PgConnection, j: &NewJob<'_>) -> sqlx::Result<Opt
     .bind(j.actor_role.as_str())
     .bind(j.payload)
     .bind(j.idempotency_key)
+    .bind(j.bulk_id)
     .fetch_optional(conn)
     .await
 }
@@ -146,6 +149,20 @@ pub struct Finished {
     pub error: Option<Value>,
 }
 
+/// Claim a bulk job. Unlike single jobs a bulk spans many transactions, so a `running`
+/// bulk job can be claimed again: its worker died and the broker redelivered it; it
+/// resumes from its last committed chunk.
+pub async fn claim_bulk(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<Job>> {
+    sqlx::query_as(&format!(
+        "update jobs set status = 'running', attempts = attempts + 1, updated_at = now()
+         where id = $1 and kind = 'bulk' and status in ('queued', 'retrying', 'running')
+         returning {COLUMNS}"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
 /// Record many outcomes in one statement.
 pub async fn finish_many(conn: &mut PgConnection, done: &[Finished]) -> sqlx::Result<()> {
     if done.is_empty() {
@@ -167,7 +184,7 @@ pub async fn finish_many(conn: &mut PgConnection, done: &[Finished]) -> sqlx::Re
 
 /// Park a job that cannot be applied (a defect, not a business rejection) with its error.
 pub async fn mark_dead(conn: &mut PgConnection, id: Uuid, error: &Value) -> sqlx::Result<()> {
-    sqlx::query("update jobs set status = 'dead', error = $2, updated_at = now() where id = $1 and status in ('queued', 'retrying')")
+    sqlx::query("update jobs set status = 'dead', error = $2, updated_at = now() where id = $1 and status in ('queued', 'retrying', 'running')")
         .bind(id)
         .bind(error)
         .execute(conn)
@@ -251,4 +268,12 @@ pub async fn back_to_dead(conn: &mut PgConnection, id: Uuid, error: &Value) -> s
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// The job that carries a bulk operation.
+pub async fn job_of_bulk(conn: &mut PgConnection, bulk_id: Uuid) -> sqlx::Result<Option<Uuid>> {
+    sqlx::query_scalar("select id from jobs where bulk_id = $1 and kind = 'bulk' order by id limit 1")
+        .bind(bulk_id)
+        .fetch_optional(conn)
+        .await
 }

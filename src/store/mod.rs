@@ -1,6 +1,7 @@
 //! Postgres access. Small functions over `&mut PgConnection` so the caller owns the
 //! transaction boundary: the worker writes order, history, outbox and job outcome in one.
 
+pub mod bulk;
 pub mod db;
 pub mod history;
 pub mod inventory;

@@ -7,6 +7,7 @@
 //! Business rejections are outcomes, not failures: recorded, never retried.
 
 pub mod apply;
+pub mod bulk;
 mod delivery;
 mod limits;
 pub mod retry;
@@ -23,7 +24,7 @@ use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Consumer};
+use lapin::{BasicProperties, Channel, Connection, Consumer};
 use limits::Limits;
 use retry::Disposition;
 use serde_json::json;
@@ -53,7 +54,13 @@ pub async fn run(pool: PgPool, common: &CommonConfig, cfg: WorkerConfig, shutdow
         tokio::spawn(sweeper::run(pool.clone(), publisher, older_than, Duration::from_secs(cfg.sweep_interval_secs), shutdown.clone()))
     });
     let worker = Worker {
-        limits: Limits::new(cfg.worker_rate_global, cfg.worker_rate_per_customer, cfg.worker_batch_size),
+        limits: Limits::new(
+            cfg.worker_rate_global,
+            cfg.worker_rate_per_customer,
+            cfg.worker_batch_size,
+            cfg.worker_rate_bulk,
+            cfg.bulk_chunk_size.max(1) as usize,
+        ),
         pool,
         names,
         cfg,
@@ -82,11 +89,22 @@ pub async fn run(pool: PgPool, common: &CommonConfig, cfg: WorkerConfig, shutdow
 }
 
 impl Worker {
-    /// One broker connection's lifetime: declare, consume, apply batches. Ok on shutdown.
+    /// One broker connection's lifetime: declare, then consume single jobs and bulk jobs
+    /// side by side (separate channels, so a long bulk never holds up a single change).
+    /// Ok on shutdown.
     async fn session(&self, url: &str, shutdown: &CancellationToken) -> anyhow::Result<()> {
         let conn = broker::connect(url, "order-worker").await?;
+        let setup = conn.create_channel().await?;
+        topology::declare(&setup, &self.names).await.context("declaring topology")?;
+        let _ = setup.close(200, "declared".into()).await;
+        tokio::try_join!(self.jobs_loop(&conn, shutdown), self.bulk_loop(&conn, shutdown))?;
+        let _ = conn.close(200, "shutdown".into()).await;
+        tracing::info!("order worker stopped");
+        Ok(())
+    }
+
+    async fn jobs_loop(&self, conn: &Connection, shutdown: &CancellationToken) -> anyhow::Result<()> {
         let channel = conn.create_channel().await?;
-        topology::declare(&channel, &self.names).await.context("declaring topology")?;
         channel.basic_qos(self.cfg.worker_prefetch, BasicQosOptions::default()).await?;
         // Retry and dead-letter copies must be confirmed before their original is acked.
         let control = conn.create_channel().await?;
@@ -95,9 +113,9 @@ impl Worker {
             .basic_consume(self.names.jobs.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
             .await?;
         tracing::info!(queue = %self.names.jobs, prefetch = self.cfg.worker_prefetch, batch = self.cfg.worker_batch_size, "order worker consuming");
-
         loop {
             let first = tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => break,
                 next = consumer.next() => next,
             };
@@ -109,8 +127,111 @@ impl Worker {
         }
         let _ = channel.close(200, "shutdown".into()).await;
         let _ = control.close(200, "shutdown".into()).await;
-        let _ = conn.close(200, "shutdown".into()).await;
-        tracing::info!("order worker stopped");
+        Ok(())
+    }
+
+    async fn bulk_loop(&self, conn: &Connection, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        if !self.cfg.worker_bulk {
+            return Ok(());
+        }
+        let channel = conn.create_channel().await?;
+        // One bulk at a time per worker; more workers, more bulks in parallel.
+        channel.basic_qos(1, BasicQosOptions::default()).await?;
+        let control = conn.create_channel().await?;
+        control.confirm_select(ConfirmSelectOptions::default()).await?;
+        let mut consumer = channel
+            .basic_consume(self.names.bulk.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .await?;
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                next = consumer.next() => next,
+            };
+            let Some(delivery) = next else { anyhow::bail!("bulk consumer stream ended (channel closed)") };
+            match JobDelivery::parse(delivery.context("receiving a bulk delivery")?) {
+                Ok(job) => self.run_bulk(&control, job, shutdown).await?,
+                Err((delivery, why)) => {
+                    tracing::error!(%why, "parking an unreadable bulk message");
+                    retry::park(&control, &self.names, &delivery, 1, &why).await?;
+                    delivery.acker.ack(BasicAckOptions::default()).await?;
+                }
+            }
+        }
+        let _ = channel.close(200, "shutdown".into()).await;
+        let _ = control.close(200, "shutdown".into()).await;
+        Ok(())
+    }
+
+    /// Work one bulk to its end, chunk by chunk. On shutdown it stops between chunks without
+    /// acking: the broker hands the bulk to another worker, which resumes it.
+    #[tracing::instrument(skip_all, fields(job_id = %d.job_id))]
+    async fn run_bulk(&self, control: &Channel, d: JobDelivery, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        let claimed = (|| async { crate::store::jobs::claim_bulk(&mut *self.pool.acquire().await?, d.job_id).await })
+            .retry(ExponentialBuilder::default().with_jitter().with_max_times(3))
+            .when(crate::store::is_transient)
+            .await?;
+        let Some(job) = claimed else {
+            tracing::info!("bulk job already finished (a redelivery); nothing to do");
+            d.delivery.acker.ack(BasicAckOptions::default()).await?;
+            return Ok(());
+        };
+        let chunk = self.cfg.bulk_chunk_size.max(1);
+        let finished = loop {
+            if shutdown.is_cancelled() {
+                tracing::info!("stopping between bulk chunks; another worker will resume");
+                return Ok(());
+            }
+            self.limits.admit_bulk(chunk as usize).await;
+            let step = (|| bulk::step(&self.pool, &job, chunk))
+                .retry(ExponentialBuilder::default().with_jitter().with_max_times(3))
+                .when(|e| matches!(e, bulk::StepError::Database(db) if crate::store::is_transient(db)))
+                .notify(|e, after| tracing::warn!(error = %e, ?after, "transient error in a bulk step; retrying"))
+                .await;
+            match step {
+                Ok(bulk::Step::Progressed(op)) => {
+                    tracing::debug!(applied = op.applied, rejected = op.rejected, pending = op.pending(), "bulk chunk committed");
+                }
+                Ok(bulk::Step::Finished(op)) => break Ok(op),
+                Err(bulk::StepError::Database(e)) if crate::store::is_transient(&e) => {
+                    // Still failing: give the bulk back; it resumes where it stopped.
+                    return Err(e).context("bulk step");
+                }
+                Err(e) => break Err(e.to_string()),
+            }
+        };
+        let mut conn = self.pool.acquire().await?;
+        let status = match finished {
+            Ok(op) => {
+                tracing::info!(status = %op.status, applied = op.applied, rejected = op.rejected, skipped = op.skipped, "bulk finished");
+                let status = match op.status.as_str() {
+                    "completed" => "succeeded",
+                    "rejected" => "rejected",
+                    "cancelled" => "cancelled",
+                    _ => "dead",
+                };
+                let finished = crate::store::jobs::Finished {
+                    id: job.id,
+                    status,
+                    result: Some(json!({ "bulk_id": op.id, "status": op.status })),
+                    error: op.error.clone(),
+                };
+                crate::store::jobs::finish_many(&mut conn, &[finished]).await?;
+                status
+            }
+            Err(why) => {
+                tracing::error!(%why, "bulk cannot be worked; failing it");
+                let error = json!({ "code": "bulk_failed", "message": why });
+                if let Some(bulk_id) = job.bulk_id {
+                    crate::store::bulk::finish(&mut conn, bulk_id, "failed", Some(&error)).await?;
+                }
+                crate::store::jobs::mark_dead(&mut conn, job.id, &error).await?;
+                retry::park(control, &self.names, &d.delivery, d.attempt, &why).await?;
+                "dead"
+            }
+        };
+        d.delivery.acker.ack(BasicAckOptions::default()).await?;
+        tracing::debug!(%status, "bulk job settled");
         Ok(())
     }
 

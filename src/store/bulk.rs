@@ -1,0 +1,365 @@
+//! Bulk operations and their items (the snapshot of a selection, with each order's outcome).
+
+use crate::domain::{OrderStatus, PaymentStatus, Role};
+use crate::store::orders::Order;
+use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::postgres::PgArguments;
+use sqlx::query::QueryAs;
+use sqlx::{PgConnection, Postgres};
+use uuid::Uuid;
+
+/// Which orders a bulk operation is about: explicit ids, or a filter.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Selection {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_ids: Option<Vec<Uuid>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<Filter>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Filter {
+    pub status: Option<Vec<OrderStatus>>,
+    pub payment_status: Option<PaymentStatus>,
+    pub customer_id: Option<Uuid>,
+    pub created_from: Option<DateTime<Utc>>,
+    pub created_to: Option<DateTime<Utc>>,
+    pub min_total_cents: Option<i64>,
+    pub max_total_cents: Option<i64>,
+}
+
+/// Largest explicit id list a selection may carry.
+pub const MAX_ORDER_IDS: usize = 1_000_000;
+
+impl Selection {
+    /// Exactly one of `order_ids` and `filter`, each well-formed; else why not.
+    pub fn validate(&self) -> Result<(), String> {
+        match (&self.order_ids, &self.filter) {
+            (Some(_), Some(_)) | (None, None) => Err("a selection has exactly one of `order_ids` and `filter`".into()),
+            (Some(ids), None) if ids.is_empty() || ids.len() > MAX_ORDER_IDS => {
+                Err(format!("`order_ids` holds 1 to {MAX_ORDER_IDS} ids"))
+            }
+            (None, Some(f)) => {
+                if f.status.as_ref().is_some_and(Vec::is_empty) {
+                    return Err("`filter.status` must not be empty (omit it for any status)".into());
+                }
+                if let (Some(a), Some(b)) = (f.created_from, f.created_to) {
+                    if a > b {
+                        return Err("`created_from` is after `created_to`".into());
+                    }
+                }
+                if let (Some(a), Some(b)) = (f.min_total_cents, f.max_total_cents) {
+                    if a > b {
+                        return Err("`min_total_cents` is above `max_total_cents`".into());
+                    }
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The `where` clause over `orders` for a selection; binds $1..$8 (see [`bind_selection`]).
+const SELECTION_WHERE: &str = "($1::uuid[] is null or id = any($1))
+  and ($2::text[] is null or status = any($2))
+  and ($3::text is null or payment_status = $3)
+  and ($4::uuid is null or customer_id = $4)
+  and ($5::timestamptz is null or created_at >= $5)
+  and ($6::timestamptz is null or created_at < $6)
+  and ($7::bigint is null or total_cents >= $7)
+  and ($8::bigint is null or total_cents <= $8)";
+
+fn bind_selection<'q, O>(
+    q: QueryAs<'q, Postgres, O, PgArguments>,
+    sel: &'q Selection,
+) -> QueryAs<'q, Postgres, O, PgArguments> {
+    let f = sel.filter.clone().unwrap_or_default();
+    q.bind(sel.order_ids.as_deref())
+        .bind(f.status.map(|v| v.iter().map(|s| s.as_str().to_owned()).collect::<Vec<_>>()))
+        .bind(f.payment_status.map(|p| p.as_str()))
+        .bind(f.customer_id)
+        .bind(f.created_from)
+        .bind(f.created_to)
+        .bind(f.min_total_cents)
+        .bind(f.max_total_cents)
+}
+
+const ORDER_COLUMNS: &str =
+    "id, customer_id, status, payment_status, total_cents, currency, version, created_at, updated_at";
+
+/// One page of the selection in id order, after `after`.
+pub async fn select_page(conn: &mut PgConnection, sel: &Selection, after: Option<Uuid>, limit: i64) -> sqlx::Result<Vec<Order>> {
+    let sql = format!(
+        "select {ORDER_COLUMNS} from orders where {SELECTION_WHERE} and ($9::uuid is null or id > $9) order by id limit $10"
+    );
+    bind_selection(sqlx::query_as(&sql), sel).bind(after).bind(limit).fetch_all(conn).await
+}
+
+/// How many orders the selection matches now.
+pub async fn count(conn: &mut PgConnection, sel: &Selection) -> sqlx::Result<i64> {
+    let sql = format!("select count(*) from orders where {SELECTION_WHERE}");
+    let (n,): (i64,) = bind_selection(sqlx::query_as(&sql), sel).fetch_one(conn).await?;
+    Ok(n)
+}
+
+/// Every matching order id, in id order.
+pub async fn matching_ids(conn: &mut PgConnection, sel: &Selection) -> sqlx::Result<Vec<Uuid>> {
+    let sql = format!("select id from orders where {SELECTION_WHERE} order by id");
+    let rows: Vec<(Uuid,)> = bind_selection(sqlx::query_as(&sql), sel).fetch_all(conn).await?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct BulkOp {
+    pub id: Uuid,
+    pub actor_id: Uuid,
+    #[sqlx(try_from = "String")]
+    pub actor_role: Role,
+    pub selection: Value,
+    pub request: Value,
+    pub mode: String,
+    pub status: String,
+    pub cancel_requested: bool,
+    pub total: i32,
+    pub applied: i32,
+    pub rejected: i32,
+    pub failed: i32,
+    pub skipped: i32,
+    pub error: Option<Value>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl BulkOp {
+    pub fn is_terminal(&self) -> bool {
+        matches!(self.status.as_str(), "completed" | "rejected" | "cancelled" | "failed")
+    }
+
+    pub fn pending(&self) -> i32 {
+        (self.total - self.applied - self.rejected - self.failed - self.skipped).max(0)
+    }
+
+    /// The public shape (API.md, Bulk), also the `bulk.progress` event's body.
+    pub fn view(&self) -> Value {
+        serde_json::json!({
+            "id": self.id,
+            "status": self.status,
+            "mode": self.mode,
+            "action": self.request.get("action").or_else(|| self.request.get("to")),
+            "request": self.request,
+            "total": self.total,
+            "applied": self.applied,
+            "rejected": self.rejected,
+            "failed": self.failed,
+            "skipped": self.skipped,
+            "pending": self.pending(),
+            "cancel_requested": self.cancel_requested,
+            "error": self.error,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+        })
+    }
+}
+
+const COLUMNS: &str = "id, actor_id, actor_role, selection, request, mode, status, cancel_requested, total, applied, rejected, failed, skipped, error, created_at, started_at, finished_at";
+
+pub struct NewBulk<'a> {
+    pub id: Uuid,
+    pub actor_id: Uuid,
+    pub actor_role: Role,
+    pub selection: &'a Value,
+    pub request: &'a Value,
+    pub mode: &'a str,
+    pub idempotency_key: Option<&'a str>,
+}
+
+/// Insert a queued bulk; `None` if the actor already used this idempotency key.
+pub async fn insert(conn: &mut PgConnection, b: &NewBulk<'_>) -> sqlx::Result<Option<BulkOp>> {
+    sqlx::query_as(&format!(
+        "insert into bulk_operations (id, actor_id, actor_role, selection, request, mode, idempotency_key)
+         values ($1, $2, $3, $4, $5, $6, $7)
+         on conflict (actor_id, idempotency_key) where idempotency_key is not null do nothing
+         returning {COLUMNS}"
+    ))
+    .bind(b.id)
+    .bind(b.actor_id)
+    .bind(b.actor_role.as_str())
+    .bind(b.selection)
+    .bind(b.request)
+    .bind(b.mode)
+    .bind(b.idempotency_key)
+    .fetch_optional(conn)
+    .await
+}
+
+pub async fn by_idempotency_key(conn: &mut PgConnection, actor_id: Uuid, key: &str) -> sqlx::Result<Option<BulkOp>> {
+    sqlx::query_as(&format!("select {COLUMNS} from bulk_operations where actor_id = $1 and idempotency_key = $2"))
+        .bind(actor_id)
+        .bind(key)
+        .fetch_optional(conn)
+        .await
+}
+
+pub async fn get(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<BulkOp>> {
+    sqlx::query_as(&format!("select {COLUMNS} from bulk_operations where id = $1"))
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Lock the bulk row for the rest of the transaction (one chunk at a time per bulk).
+pub async fn lock(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<BulkOp>> {
+    sqlx::query_as(&format!("select {COLUMNS} from bulk_operations where id = $1 for update"))
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Remove a bulk that was never durably queued (the client got a 503).
+pub async fn delete_unqueued(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<()> {
+    sqlx::query("delete from jobs where bulk_id = $1 and status = 'queued'").bind(id).execute(&mut *conn).await?;
+    sqlx::query("delete from bulk_operations where id = $1 and status = 'queued'").bind(id).execute(conn).await?;
+    Ok(())
+}
+
+/// Snapshot the selection into items (id order) and start the bulk. Returns the total.
+pub async fn snapshot(conn: &mut PgConnection, id: Uuid, sel: &Selection) -> sqlx::Result<i64> {
+    let sql = format!(
+        "with inserted as (
+             insert into bulk_items (bulk_id, position, order_id)
+             select $9, row_number() over (order by id), id from orders where {SELECTION_WHERE}
+             returning 1)
+         select count(*) from inserted"
+    );
+    let (total,): (i64,) = bind_selection(sqlx::query_as(&sql), sel).bind(id).fetch_one(&mut *conn).await?;
+    sqlx::query("update bulk_operations set status = 'running', total = $2, started_at = now(), updated_at = now() where id = $1")
+        .bind(id)
+        .bind(total as i32)
+        .execute(conn)
+        .await?;
+    Ok(total)
+}
+
+/// The next `limit` items without an outcome, in position order.
+pub async fn pending_items(conn: &mut PgConnection, id: Uuid, limit: i64) -> sqlx::Result<Vec<(i32, Uuid)>> {
+    sqlx::query_as("select position, order_id from bulk_items where bulk_id = $1 and outcome is null order by position limit $2")
+        .bind(id)
+        .bind(limit)
+        .fetch_all(conn)
+        .await
+}
+
+/// One item's outcome.
+pub struct ItemOutcome {
+    pub position: i32,
+    pub outcome: &'static str,
+    pub code: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+}
+
+/// Record outcomes set-wise and add them to the bulk's counters; returns the updated bulk.
+pub async fn record(conn: &mut PgConnection, id: Uuid, items: &[ItemOutcome]) -> sqlx::Result<BulkOp> {
+    if !items.is_empty() {
+        sqlx::query(
+            "update bulk_items b set outcome = v.outcome, code = v.code, from_status = v.from_status, to_status = v.to_status
+             from unnest($2::int[], $3::text[], $4::text[], $5::text[], $6::text[]) as v(position, outcome, code, from_status, to_status)
+             where b.bulk_id = $1 and b.position = v.position",
+        )
+        .bind(id)
+        .bind(items.iter().map(|i| i.position).collect::<Vec<_>>())
+        .bind(items.iter().map(|i| i.outcome).collect::<Vec<_>>())
+        .bind(items.iter().map(|i| i.code.clone()).collect::<Vec<_>>())
+        .bind(items.iter().map(|i| i.from.clone()).collect::<Vec<_>>())
+        .bind(items.iter().map(|i| i.to.clone()).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+    let count = |o: &str| items.iter().filter(|i| i.outcome == o).count() as i32;
+    sqlx::query_as(&format!(
+        "update bulk_operations set applied = applied + $2, rejected = rejected + $3, failed = failed + $4,
+                skipped = skipped + $5, updated_at = now()
+         where id = $1 returning {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(count("applied"))
+    .bind(count("rejected"))
+    .bind(count("failed"))
+    .bind(count("skipped"))
+    .fetch_one(conn)
+    .await
+}
+
+/// Mark every item still without an outcome `skipped` with `code`; returns the updated bulk.
+pub async fn skip_pending(conn: &mut PgConnection, id: Uuid, code: &str) -> sqlx::Result<BulkOp> {
+    let n = sqlx::query("update bulk_items set outcome = 'skipped', code = $2 where bulk_id = $1 and outcome is null")
+        .bind(id)
+        .bind(code)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected() as i32;
+    sqlx::query_as(&format!(
+        "update bulk_operations set skipped = skipped + $2, updated_at = now() where id = $1 returning {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(n)
+    .fetch_one(conn)
+    .await
+}
+
+/// Set a terminal status; returns the updated bulk.
+pub async fn finish(conn: &mut PgConnection, id: Uuid, status: &str, error: Option<&Value>) -> sqlx::Result<BulkOp> {
+    sqlx::query_as(&format!(
+        "update bulk_operations set status = $2, error = coalesce($3, error), finished_at = now(), updated_at = now()
+         where id = $1 returning {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(status)
+    .bind(error)
+    .fetch_one(conn)
+    .await
+}
+
+/// Ask a bulk to stop. A queued bulk is cancelled at once; a running one stops between
+/// chunks. Returns the bulk as it is now, or None if there is no such bulk.
+pub async fn request_cancel(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<BulkOp>> {
+    sqlx::query_as(&format!(
+        "update bulk_operations set
+            cancel_requested = cancel_requested or status in ('queued', 'running'),
+            status = case when status = 'queued' then 'cancelled' else status end,
+            finished_at = case when status = 'queued' then now() else finished_at end,
+            updated_at = now()
+         where id = $1 returning {COLUMNS}"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// One exported row.
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct ResultRow {
+    pub order_id: Uuid,
+    pub outcome: Option<String>,
+    pub code: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+}
+
+/// Every item of a bulk in position order, as a stream (exports need not fit in memory).
+pub fn results<'c>(conn: &'c mut PgConnection, id: Uuid) -> BoxStream<'c, sqlx::Result<ResultRow>> {
+    sqlx::query_as(
+        "select order_id, outcome, code, from_status as \"from\", to_status as \"to\"
+         from bulk_items where bulk_id = $1 order by position",
+    )
+    .bind(id)
+    .fetch(conn)
+}

@@ -1,0 +1,131 @@
+//! Bulk operations, worked through in chunks. The first step snapshots the selection into
+//! `bulk_items`; every later step applies the next chunk through the same [`Batch`] as
+//! single changes and records each item's outcome, the counters and a `bulk.progress`
+//! event in the chunk's transaction. A worker that dies mid-bulk loses at most the chunk
+//! in hand: the redelivered job resumes at the first item without an outcome.
+
+use super::apply::Batch;
+use crate::domain::Actor;
+use crate::event::NewEvent;
+use crate::job::ChangeStatus;
+use crate::store::bulk::{self, BulkOp, ItemOutcome, Selection};
+use crate::store::jobs::Job;
+use crate::store::outbox;
+use serde_json::json;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+/// Outcome of one step, public so tests can drive a bulk one chunk at a time.
+#[derive(Debug)]
+pub enum Step {
+    /// A chunk (or the snapshot) was committed; there is more to do.
+    Progressed(BulkOp),
+    /// The bulk reached a terminal status.
+    Finished(BulkOp),
+}
+
+/// Why a bulk's stored request cannot be worked: a defect, the bulk fails.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error("unreadable bulk request: {0}")]
+    Unreadable(String),
+}
+
+async fn progress(conn: &mut PgConnection, op: &BulkOp) -> sqlx::Result<()> {
+    outbox::insert(conn, &NewEvent::bulk_progress(op)).await
+}
+
+/// Do the next step of bulk `job` in one transaction.
+#[tracing::instrument(skip_all, fields(bulk_id = ?job.bulk_id), err)]
+pub async fn step(pool: &PgPool, job: &Job, chunk: i64) -> Result<Step, StepError> {
+    let bulk_id = job.bulk_id.ok_or_else(|| StepError::Unreadable("bulk job without a bulk".into()))?;
+    let mut tx = pool.begin().await?;
+    let Some(op) = bulk::lock(&mut tx, bulk_id).await? else {
+        return Err(StepError::Unreadable("the bulk operation does not exist".into()));
+    };
+    if op.is_terminal() {
+        return Ok(Step::Finished(op));
+    }
+    let request: ChangeStatus =
+        serde_json::from_value(op.request.clone()).map_err(|e| StepError::Unreadable(e.to_string()))?;
+    let selection: Selection =
+        serde_json::from_value(op.selection.clone()).map_err(|e| StepError::Unreadable(e.to_string()))?;
+
+    let step = if op.cancel_requested {
+        bulk::skip_pending(&mut tx, bulk_id, "cancelled").await?;
+        Step::Finished(bulk::finish(&mut tx, bulk_id, "cancelled", None).await?)
+    } else if op.status == "queued" {
+        let total = bulk::snapshot(&mut tx, bulk_id, &selection).await?;
+        tracing::info!(total, mode = %op.mode, "bulk started");
+        let op = bulk::get(&mut tx, bulk_id).await?.expect("locked above");
+        if total == 0 { Step::Finished(bulk::finish(&mut tx, bulk_id, "completed", None).await?) } else { Step::Progressed(op) }
+    } else if op.mode == "atomic" {
+        Step::Finished(atomic(&mut tx, &op, job.id, &request).await?)
+    } else {
+        let items = bulk::pending_items(&mut tx, bulk_id, chunk).await?;
+        if items.is_empty() {
+            Step::Finished(bulk::finish(&mut tx, bulk_id, "completed", None).await?)
+        } else {
+            Step::Progressed(apply_chunk(&mut tx, &op, job.id, &request, &items).await?)
+        }
+    };
+    match &step {
+        Step::Progressed(op) | Step::Finished(op) => progress(&mut tx, op).await?,
+    }
+    tx.commit().await?;
+    Ok(step)
+}
+
+/// Apply `items` (best effort): every order that may move, moves; the rest get their reason.
+async fn apply_chunk(conn: &mut PgConnection, op: &BulkOp, job_id: Uuid, request: &ChangeStatus, items: &[(i32, Uuid)]) -> sqlx::Result<BulkOp> {
+    let ids: Vec<Uuid> = items.iter().map(|(_, id)| *id).collect();
+    let mut batch = Batch::load(conn, &ids, true).await?;
+    let actor = Actor { id: op.actor_id, role: op.actor_role };
+    let outcomes: Vec<ItemOutcome> = items
+        .iter()
+        .map(|(position, order_id)| judge(&mut batch, *position, *order_id, actor, request, job_id, op.id))
+        .collect();
+    batch.write(conn).await?;
+    bulk::record(conn, op.id, &outcomes).await
+}
+
+/// Apply every item or none: one transaction; any rejection writes no change at all.
+async fn atomic(conn: &mut PgConnection, op: &BulkOp, job_id: Uuid, request: &ChangeStatus) -> sqlx::Result<BulkOp> {
+    let items = bulk::pending_items(conn, op.id, i64::MAX).await?;
+    let ids: Vec<Uuid> = items.iter().map(|(_, id)| *id).collect();
+    let mut batch = Batch::load(conn, &ids, true).await?;
+    let actor = Actor { id: op.actor_id, role: op.actor_role };
+    let mut outcomes: Vec<ItemOutcome> = items
+        .iter()
+        .map(|(position, order_id)| judge(&mut batch, *position, *order_id, actor, request, job_id, op.id))
+        .collect();
+    let rejected = outcomes.iter().filter(|o| o.outcome == "rejected").count();
+    if rejected == 0 {
+        batch.write(conn).await?;
+        bulk::record(conn, op.id, &outcomes).await?;
+        return bulk::finish(conn, op.id, "completed", None).await;
+    }
+    // Nothing is written: the would-be changes are reported as skipped, with the reason.
+    drop(batch);
+    for o in outcomes.iter_mut().filter(|o| o.outcome == "applied") {
+        o.outcome = "skipped";
+        o.code = Some("atomic_aborted".into());
+        o.to = o.from.clone();
+    }
+    bulk::record(conn, op.id, &outcomes).await?;
+    let error = json!({
+        "code": "atomic_rejected",
+        "message": format!("{rejected} of {} orders would be rejected; nothing was changed", outcomes.len()),
+    });
+    bulk::finish(conn, op.id, "rejected", Some(&error)).await
+}
+
+fn judge(batch: &mut Batch, position: i32, order_id: Uuid, actor: Actor, request: &ChangeStatus, job_id: Uuid, bulk_id: Uuid) -> ItemOutcome {
+    let from = batch.order(order_id).map(|o| o.status.as_str().to_owned());
+    match batch.apply(order_id, actor, request, Some(job_id), Some(bulk_id)) {
+        Ok(applied) => ItemOutcome { position, outcome: "applied", code: None, from, to: Some(applied.to.as_str().to_owned()) },
+        Err(r) => ItemOutcome { position, outcome: "rejected", code: Some(r.code.as_str().to_owned()), to: from.clone(), from },
+    }
+}
