@@ -14,10 +14,12 @@
 //!
 //! Around them: [`config`] (clap + env), [`auth`] (JWT → [`domain::Actor`]), [`event`] (the
 //! event JSON shared by outbox, exchange and SSE), [`job`] (what a job asks for), [`app`]
-//! (composing roles into processes), [`telemetry`] and [`shutdown`].
+//! (composing roles into processes), [`bench`] (the bulk benchmark), [`telemetry`] and
+//! [`shutdown`].
 
 pub mod app;
 pub mod auth;
+pub mod bench;
 pub mod broker;
 pub mod config;
 pub mod domain;
