@@ -43,3 +43,10 @@ alter table jobs add constraint jobs_bulk_fk foreign key (bulk_id) references bu
 -- One history row per (bulk, order): a resumed bulk cannot apply an order twice.
 create unique index history_bulk_idx on order_status_history (bulk_id, order_id) where bulk_id is not null;
 create index orders_created_idx on orders (created_at, id);
+
+-- Stock reservations are recorded per order line, so releasing or shipping moves exactly
+-- what `confirm` reserved (a sku that became tracked after the order was confirmed holds
+-- no reservation for it), and stock can never be reserved beyond what is on hand.
+alter table order_items add column reserved int not null default 0
+    check (reserved >= 0 and reserved <= quantity);
+alter table inventory add constraint inventory_reserved_within_on_hand check (reserved <= on_hand);

@@ -135,8 +135,11 @@ pub async fn run_all(cfg: AllConfig, shutdown: CancellationToken) -> anyhow::Res
     let names = Names::from_config(&cfg.common);
     let keys = keys(&cfg.http);
     let (ingress_router, publisher) = ingress_parts(&cfg.common, keys.clone(), &cfg.ingress, &pool);
-    // Declares the topology before anything is accepted.
-    publisher.check_ready().await.context("reaching RabbitMQ")?;
+    // Declares the topology before anything is accepted; without a broker the roles wait
+    // for it (and change-status answers 503) rather than the process giving up.
+    if let Err(e) = publisher.check_ready().await {
+        tracing::warn!(error = %e, "broker not reachable yet; roles will keep trying");
+    }
     let bridge = BridgeState::new(keys, pool.clone(), cfg.bridge, shutdown.clone());
     sse::prime(&bridge).await?;
 

@@ -75,6 +75,10 @@ pub struct IngressConfig {
     #[arg(long, env = "MAX_WAIT_SECS", default_value_t = 30)]
     pub max_wait_secs: u64,
 
+    /// Largest bulk request body, in bytes (an explicit list of order ids can be long).
+    #[arg(long, env = "BULK_BODY_LIMIT_BYTES", default_value_t = 40 * 1024 * 1024)]
+    pub bulk_body_limit_bytes: usize,
+
     /// Requests per second one authenticated actor may make (bursts of twice that; 0: no limit).
     #[arg(long, env = "RATE_PER_ACTOR", default_value_t = 100)]
     pub rate_per_actor: u32,

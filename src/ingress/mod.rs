@@ -44,7 +44,7 @@ pub fn router(state: IngressState) -> Router {
         .merge(jobs::router())
         .merge(docs::router())
         .merge(admin::router())
-        .merge(bulk::router())
+        .merge(bulk::router().layer(axum::extract::DefaultBodyLimit::max(state.cfg.bulk_body_limit_bytes)))
         .layer(axum::middleware::from_fn_with_state(state.clone(), limits::middleware))
         .with_state(state)
 }

@@ -148,7 +148,8 @@ async fn create(State(state): State<IngressState>, actor: Actor, Json(body): Jso
     tracing::info!(order_id = %id, %customer_id, "order created");
     let items = items
         .into_iter()
-        .map(|i| OrderItem { order_id: id, sku: i.sku, quantity: i.quantity, unit_price_cents: i.unit_price_cents })
+        .zip(1..)
+        .map(|(i, line)| OrderItem { order_id: id, line, sku: i.sku, quantity: i.quantity, unit_price_cents: i.unit_price_cents, reserved: 0 })
         .collect();
     Ok(with_etag(StatusCode::CREATED, OrderView { order, items }))
 }

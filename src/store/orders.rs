@@ -25,9 +25,14 @@ pub struct Order {
 pub struct OrderItem {
     #[serde(skip)]
     pub order_id: Uuid,
+    #[serde(skip)]
+    pub line: i32,
     pub sku: String,
     pub quantity: i32,
     pub unit_price_cents: i64,
+    /// Units of this line currently reserved in `inventory` (set by `confirm`).
+    #[serde(skip)]
+    pub reserved: i32,
 }
 
 pub struct NewOrder<'a> {
@@ -95,7 +100,7 @@ pub async fn load_many(conn: &mut PgConnection, ids: &[Uuid], lock: bool) -> sql
 
 pub async fn items(conn: &mut PgConnection, order_ids: &[Uuid]) -> sqlx::Result<Vec<OrderItem>> {
     sqlx::query_as(
-        "select order_id, sku, quantity, unit_price_cents from order_items
+        "select order_id, line, sku, quantity, unit_price_cents, reserved from order_items
          where order_id = any($1) order by order_id, line",
     )
     .bind(order_ids)
@@ -122,6 +127,24 @@ pub async fn store_states(conn: &mut PgConnection, changed: &[&Order], now: Date
     .bind(&payments)
     .bind(&versions)
     .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Store how much of each line is reserved: (order, line, reserved units).
+pub async fn store_reservations(conn: &mut PgConnection, lines: &[(Uuid, i32, i32)]) -> sqlx::Result<()> {
+    if lines.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "update order_items i set reserved = v.reserved
+         from unnest($1::uuid[], $2::int[], $3::int[]) as v(order_id, line, reserved)
+         where i.order_id = v.order_id and i.line = v.line",
+    )
+    .bind(lines.iter().map(|l| l.0).collect::<Vec<_>>())
+    .bind(lines.iter().map(|l| l.1).collect::<Vec<_>>())
+    .bind(lines.iter().map(|l| l.2).collect::<Vec<_>>())
     .execute(conn)
     .await?;
     Ok(())

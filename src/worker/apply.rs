@@ -34,6 +34,8 @@ pub struct Batch {
     stock: HashMap<String, (i64, i64)>,
     changed: Vec<Uuid>,
     stock_deltas: BTreeMap<String, (i64, i64)>,
+    /// (order, line, reserved units) of lines whose reservation changed.
+    reservations: Vec<(Uuid, i32, i32)>,
     history: Vec<history::NewRow>,
     events: Vec<NewEvent>,
 }
@@ -67,6 +69,7 @@ impl Batch {
             stock,
             changed: Vec::new(),
             stock_deltas: BTreeMap::new(),
+            reservations: Vec::new(),
             history: Vec::new(),
             events: Vec::new(),
         })
@@ -118,15 +121,22 @@ impl Batch {
         };
         let decision = machine::decide(&ctx, &actor, action, &req)?;
 
-        for item in order_items {
+        // Stock moves per line: confirm reserves tracked lines; release and shipping move
+        // exactly what that line reserved (nothing, if its sku was not tracked then).
+        for item in self.items.get_mut(&order_id).into_iter().flatten() {
             let Some(level) = self.stock.get_mut(&item.sku) else { continue };
-            let q = i64::from(item.quantity);
-            let (reserved, on_hand) = match decision.stock {
+            let held = i64::from(item.reserved);
+            let (reserved, on_hand, now_held) = match decision.stock {
                 StockEffect::None => continue,
-                StockEffect::Reserve => (q, 0),
-                StockEffect::Release => (-q, 0),
-                StockEffect::Consume => (-q, -q),
+                StockEffect::Reserve => (i64::from(item.quantity) - held, 0, item.quantity),
+                StockEffect::Release => (-held, 0, 0),
+                StockEffect::Consume => (-held, -held, 0),
             };
+            if now_held == item.reserved {
+                continue;
+            }
+            item.reserved = now_held;
+            self.reservations.push((order_id, item.line, now_held));
             level.0 += on_hand;
             level.1 += reserved;
             let delta = self.stock_deltas.entry(item.sku.clone()).or_default();
@@ -165,6 +175,7 @@ impl Batch {
         orders::store_states(conn, &changed, self.now).await?;
         let deltas: Vec<(String, i64, i64)> = self.stock_deltas.into_iter().map(|(sku, (r, o))| (sku, r, o)).collect();
         inventory::adjust(conn, &deltas).await?;
+        orders::store_reservations(conn, &self.reservations).await?;
         history::insert_many(conn, &self.history, self.now).await?;
         outbox::insert_many(conn, &self.events).await?;
         Ok(self.history.len())

@@ -68,7 +68,17 @@ pub async fn step(pool: &PgPool, job: &Job, chunk: i64) -> Result<Step, StepErro
         if items.is_empty() {
             Step::Finished(bulk::finish(&mut tx, bulk_id, "completed", None).await?)
         } else {
-            Step::Progressed(apply_chunk(&mut tx, &op, job.id, &request, &items).await?)
+            match apply_chunk(&mut tx, &op, job.id, &request, &items).await {
+                Ok(op) => Step::Progressed(op),
+                Err(e) if !crate::store::is_transient(&e) => {
+                    // Some order cannot be written: apply this chunk order by order so
+                    // only that one fails and every other order that may move, moves.
+                    tracing::warn!(error = %e, "bulk chunk failed; isolating its orders");
+                    drop(tx);
+                    return Ok(Step::Progressed(isolate(pool, &op, job.id, &request, &items).await?));
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
     };
     match &step {
@@ -89,6 +99,34 @@ async fn apply_chunk(conn: &mut PgConnection, op: &BulkOp, job_id: Uuid, request
         .collect();
     batch.write(conn).await?;
     bulk::record(conn, op.id, &outcomes).await
+}
+
+/// Apply `items` one per transaction; an item that cannot be written is recorded `failed`.
+async fn isolate(pool: &PgPool, op: &BulkOp, job_id: Uuid, request: &ChangeStatus, items: &[(i32, Uuid)]) -> sqlx::Result<BulkOp> {
+    let mut latest = op.clone();
+    for item in items {
+        let mut tx = pool.begin().await?;
+        bulk::lock(&mut tx, op.id).await?;
+        match apply_chunk(&mut tx, op, job_id, request, std::slice::from_ref(item)).await {
+            Ok(op) => {
+                tx.commit().await?;
+                latest = op;
+            }
+            Err(e) if crate::store::is_transient(&e) => return Err(e),
+            Err(e) => {
+                drop(tx);
+                tracing::error!(order_id = %item.1, error = %e, "order cannot be written; recorded as failed");
+                let mut tx = pool.begin().await?;
+                let failed = ItemOutcome { position: item.0, outcome: "failed", code: Some("apply_failed".into()), from: None, to: None };
+                latest = bulk::record(&mut tx, op.id, &[failed]).await?;
+                tx.commit().await?;
+            }
+        }
+    }
+    let mut tx = pool.begin().await?;
+    progress(&mut tx, &latest).await?;
+    tx.commit().await?;
+    Ok(latest)
 }
 
 /// Apply every item or none: one transaction; any rejection writes no change at all.

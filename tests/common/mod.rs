@@ -9,6 +9,8 @@
 
 #![allow(dead_code)]
 
+pub mod processes;
+
 use std::{
     collections::VecDeque,
     pin::Pin,
@@ -1054,4 +1056,216 @@ impl SseStream {
             data: data.join("\n"),
         });
     }
+}
+
+// ---- extras: processes with extra settings, hand-made tokens, queue inspection ---------
+
+impl TestSystem {
+    /// Like [`TestSystem::start`], with extra environment variables for the spawned process
+    /// (e.g. `RATE_PER_ACTOR`). Note: `restart` spawns without them.
+    pub async fn start_with_env(env: &[(&str, &str)]) -> Self {
+        let admin_url =
+            std::env::var("TEST_PG_ADMIN_URL").unwrap_or_else(|_| DEFAULT_PG_ADMIN_URL.to_owned());
+        let amqp_url =
+            std::env::var("TEST_AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.to_owned());
+        let db_name = format!("of_test_{}", Uuid::new_v4().simple());
+        let db_url = with_database(&admin_url, &db_name);
+        let mut admin = PgConnection::connect(&admin_url).await.unwrap_or_else(|e| {
+            panic!("connecting to Postgres at {admin_url} (TEST_PG_ADMIN_URL): {e}")
+        });
+        sqlx::query(&format!(r#"create database "{db_name}""#))
+            .execute(&mut admin)
+            .await
+            .unwrap_or_else(|e| panic!("creating database {db_name}: {e}"));
+        let _ = admin.close().await;
+        let mut system = Self {
+            child: None,
+            stdout_drain: None,
+            base_url: String::new(),
+            admin_url,
+            db_name,
+            db_url,
+            amqp_url,
+            ns: format!("t-{}.", &Uuid::new_v4().simple().to_string()[..8]),
+            jwt_secret: format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple()),
+            http: reqwest::Client::builder()
+                .build()
+                .expect("building the HTTP client"),
+            pool: None,
+            stopped: false,
+        };
+        system.spawn_with_env(env).await;
+        system.pool = Some(
+            PgPoolOptions::new()
+                .max_connections(4)
+                .connect(&system.db_url)
+                .await
+                .unwrap_or_else(|e| {
+                    panic!("connecting to the test database {}: {e}", system.db_url)
+                }),
+        );
+        system
+    }
+
+    /// [`TestSystem::spawn`] with extra environment variables.
+    async fn spawn_with_env(&mut self, env: &[(&str, &str)]) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_orderflow"))
+            .args(["all", "--bind", "127.0.0.1:0"])
+            .env_remove("BIND")
+            .env("DATABASE_URL", &self.db_url)
+            .env("AMQP_URL", &self.amqp_url)
+            .env("ORDERFLOW_NAMESPACE", &self.ns)
+            .env("JWT_SECRET", &self.jwt_secret)
+            .env("RUST_LOG", "info,orderflow=debug")
+            .env("LOG_FORMAT", "pretty")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawning `orderflow all`");
+        let stdout = child.stdout.take().expect("child stdout is piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let deadline = tokio::time::Instant::now() + START_DEADLINE;
+        let addr = loop {
+            match tokio::time::timeout_at(deadline, lines.next_line()).await {
+                Err(_) => panic!(
+                    "`orderflow all` (db {}, ns {}) printed no `listening on http://…` line within {START_DEADLINE:?}",
+                    self.db_name, self.ns
+                ),
+                Ok(Ok(Some(line))) => {
+                    if let Some((_, rest)) = line.split_once("listening on http://") {
+                        break rest.trim().to_owned();
+                    }
+                    eprintln!("[orderflow stdout] {line}");
+                }
+                Ok(Ok(None)) | Ok(Err(_)) => {
+                    let status = child.wait().await;
+                    panic!("`orderflow all` exited before it was listening: {status:?} (its stderr is above)");
+                }
+            }
+        };
+        self.base_url = format!("http://{addr}");
+        self.stdout_drain = Some(tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("[orderflow stdout] {line}");
+            }
+        }));
+        self.child = Some(child);
+    }
+
+    /// A JWT with exactly this header and these claims, signed with this system's secret by
+    /// the HMAC algorithm `alg`, whatever the header claims (for algorithm-confusion cases).
+    pub fn token_with(&self, alg: jsonwebtoken::Algorithm, header: &Value, claims: &Value) -> String {
+        jwt_signed_with(self.jwt_secret.as_bytes(), alg, header, claims)
+    }
+
+    /// How many messages are ready in `queue` (passive declare: the queue must exist).
+    pub async fn queue_depth(&self, queue: &str) -> u32 {
+        let conn = self.amqp().await;
+        let channel = conn
+            .create_channel()
+            .await
+            .expect("opening an AMQP channel");
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("passive declare of {queue}: {e}"));
+        let _ = conn.close(200, "OK".into()).await;
+        declared.message_count()
+    }
+
+    /// Takes (and acks) the next message of `queue`, polling with basic.get until `within`.
+    pub async fn take_message_within(&self, queue: &str, within: Duration) -> Option<Delivery> {
+        let conn = self.amqp().await;
+        let channel = conn
+            .create_channel()
+            .await
+            .expect("opening an AMQP channel");
+        let deadline = Instant::now() + within;
+        let taken = loop {
+            let got = channel
+                .basic_get(
+                    queue.into(),
+                    lapin::options::BasicGetOptions { no_ack: true },
+                )
+                .await
+                .unwrap_or_else(|e| panic!("basic.get on {queue}: {e}"));
+            if let Some(message) = got {
+                break Some(message.delivery);
+            }
+            if Instant::now() >= deadline {
+                break None;
+            }
+            tokio::time::sleep(POLL_EVERY).await;
+        };
+        let _ = conn.close(200, "OK".into()).await;
+        taken
+    }
+
+    /// Publishes raw bytes to the jobs queue (default exchange) and waits for the confirm,
+    /// as a buggy or hostile publisher would.
+    pub async fn publish_raw_job_message(&self, body: &[u8]) {
+        let conn = self.amqp().await;
+        let channel = conn
+            .create_channel()
+            .await
+            .expect("opening an AMQP channel");
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("enabling publisher confirms");
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                self.jobs_queue().as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                body,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .expect("publishing a raw job message")
+            .await
+            .expect("waiting for the publisher confirm");
+        assert!(confirm.is_ack(), "the broker did not ack the raw message");
+        assert!(
+            confirm.take_message().is_none(),
+            "the raw message was returned: no queue {}",
+            self.jobs_queue()
+        );
+        let _ = conn.close(200, "OK".into()).await;
+    }
+}
+
+/// `base64url(header).base64url(claims).signature`, the signature made with `key` by the
+/// HMAC algorithm `alg` (HS256/384/512), whatever `alg` the header names.
+pub fn jwt_signed_with(key: &[u8], alg: jsonwebtoken::Algorithm, header: &Value, claims: &Value) -> String {
+    let signing_input = format!(
+        "{}.{}",
+        base64url(header.to_string().as_bytes()),
+        base64url(claims.to_string().as_bytes())
+    );
+    let signature = jsonwebtoken::crypto::sign(
+        signing_input.as_bytes(),
+        &jsonwebtoken::EncodingKey::from_secret(key),
+        alg,
+    )
+    .expect("HMAC signing");
+    format!("{signing_input}.{signature}")
+}
+
+/// Unix time now, in seconds (for hand-made claims).
+pub fn unix_now() -> i64 {
+    now()
 }
