@@ -235,7 +235,7 @@ async fn bench(common: &CommonConfig, args: &BenchArgs, db_url: &str, namespace:
     let (mut latencies, errors) = driver.1.await?;
     latencies.sort();
 
-    let applied: i64 = sqlx::query_scalar("select applied from bulk_operations where id = $1::uuid")
+    let applied: i64 = sqlx::query_scalar("select applied::bigint from bulk_operations where id = $1::uuid")
         .bind(&bulk_id)
         .fetch_one(&check)
         .await?;

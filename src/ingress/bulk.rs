@@ -205,8 +205,11 @@ async fn status_update(
     tx.commit().await?;
 
     if let Err(e) = state.publisher.publish_bulk(&JobMessage { job_id }, &actor).await {
-        bulk::delete_unqueued(&mut *state.pool.acquire().await?, bulk_id).await?;
-        return Err(e.into());
+        let error = json!({ "code": "not_queued", "message": e.to_string() });
+        if bulk::abandon_unqueued(&mut *state.pool.acquire().await?, bulk_id, &error).await? {
+            return Err(e.into());
+        }
+        tracing::warn!(error = %e, "bulk publish unconfirmed but a worker already took it");
     }
     tracing::info!(%bulk_id, %job_id, mode, "bulk queued");
     let mut response = (StatusCode::ACCEPTED, axum::Json(json!({ "bulk_id": bulk_id, "job_id": job_id, "status": "queued" }))).into_response();

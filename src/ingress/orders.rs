@@ -347,13 +347,20 @@ async fn change_status(
 
     let waiter = wait.map(|_| state.publisher.expect_reply(job_id));
     if let Err(e) = state.publisher.publish(&JobMessage { job_id }, &actor, Some(order.customer_id), waiter.is_some()).await {
-        // Not durably queued: forget the job so nothing looks accepted, then say 503.
-        if let Err(del) = jobs::delete_unqueued(&mut *state.pool.acquire().await?, job_id).await {
-            tracing::error!(error = %del, "could not remove an unqueued job; the sweeper will requeue it");
+        // Not confirmed: cancel the job so nothing applies it later, then say 503 — unless a
+        // worker already took it, in which case it was queued after all.
+        let error = json!({ "code": "not_queued", "message": e.to_string() });
+        match jobs::abandon_unqueued(&mut *state.pool.acquire().await?, job_id, &error).await {
+            Ok(true) => return Err(e.into()),
+            Ok(false) => tracing::warn!(error = %e, "publish unconfirmed but the job was already taken by a worker"),
+            Err(db) => {
+                tracing::error!(error = %db, "could not cancel an unconfirmed job; the sweeper will requeue it");
+                return Err(e.into());
+            }
         }
-        return Err(e.into());
+    } else {
+        tracing::info!("job queued");
     }
-    tracing::info!("job queued");
 
     let (Some(waiter), Some(limit)) = (waiter, wait) else { return Ok(accepted(&job)) };
     waiter.wait(limit).await;

@@ -45,7 +45,9 @@ pub async fn run(pool: PgPool, amqp_url: String, names: Names, cfg: RelayConfig,
         if started.elapsed() > Duration::from_secs(30) {
             delays = broker::reconnect_delays();
         }
-        let delay = delays.next().unwrap_or(Duration::from_secs(5));
+        // A standby must be back to polling for the lock quickly, whatever ended its
+        // session: takeover time is bounded by this, not by the broker's backoff.
+        let delay = delays.next().unwrap_or(Duration::from_secs(5)).min(Duration::from_millis(500));
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = tokio::time::sleep(delay) => {}

@@ -66,14 +66,16 @@ impl Hub {
     pub fn range(&self, after: i64, before: i64) -> Option<Vec<Arc<Event>>> {
         let ring = self.inner.read().expect("hub lock");
         let first = ring.events.front()?.seq;
-        if first > after + 1 {
+        // The ring serves a range only if it holds all of it: from right after `after` up
+        // to `before - 1`, which must not lie beyond what the hub has seen.
+        if first > after + 1 || before > ring.head + 1 {
             return None;
         }
         // Seqs in the ring are increasing but not necessarily contiguous (a gap the bridge
         // missed while reconnecting); a range with a hole must come from the database.
         let wanted: Vec<Arc<Event>> =
             ring.events.iter().filter(|e| e.seq > after && e.seq < before).cloned().collect();
-        let expected = (before.min(ring.head + 1) - after - 1).max(0) as usize;
+        let expected = (before - after - 1).max(0) as usize;
         (wanted.len() == expected).then_some(wanted)
     }
 }
@@ -98,6 +100,7 @@ mod tests {
         assert!(hub.range(0, 6).is_none(), "seq 1 and 2 fell out of the ring");
         let got: Vec<i64> = hub.range(2, 6).unwrap().iter().map(|e| e.seq).collect();
         assert_eq!(got, vec![3, 4, 5]);
+        assert!(hub.range(2, 8).is_none(), "seq 6 and 7 are sequenced but not seen yet");
     }
 
     #[test]

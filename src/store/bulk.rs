@@ -223,11 +223,29 @@ pub async fn lock(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<Bulk
         .await
 }
 
-/// Remove a bulk that was never durably queued (the client got a 503).
-pub async fn delete_unqueued(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<()> {
-    sqlx::query("delete from jobs where bulk_id = $1 and status = 'queued'").bind(id).execute(&mut *conn).await?;
-    sqlx::query("delete from bulk_operations where id = $1 and status = 'queued'").bind(id).execute(conn).await?;
-    Ok(())
+/// Give up on a bulk whose publish was not confirmed (see [`super::jobs::abandon_unqueued`]):
+/// it and its job become `cancelled`, the idempotency key is freed. False when a worker
+/// already took it.
+pub async fn abandon_unqueued(conn: &mut PgConnection, id: Uuid, error: &Value) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "update jobs set status = 'cancelled', error = $2, updated_at = now() where bulk_id = $1 and status = 'queued'",
+    )
+    .bind(id)
+    .bind(error)
+    .execute(&mut *conn)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Ok(false);
+    }
+    sqlx::query(
+        "update bulk_operations set status = 'cancelled', error = $2, idempotency_key = null, finished_at = now(), updated_at = now()
+         where id = $1 and status = 'queued'",
+    )
+    .bind(id)
+    .bind(error)
+    .execute(conn)
+    .await?;
+    Ok(true)
 }
 
 /// Snapshot the selection into items (id order) and start the bulk. Returns the total.

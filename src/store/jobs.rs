@@ -118,14 +118,19 @@ pub async fn get(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<Job>>
         .await
 }
 
-/// Forget a job that was never durably queued (the broker did not confirm it): the client
-/// got a 503, so nothing was accepted, and a retry with the same idempotency key may queue it.
-pub async fn delete_unqueued(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<()> {
-    sqlx::query("delete from jobs where id = $1 and status = 'queued'")
-        .bind(id)
-        .execute(conn)
-        .await?;
-    Ok(())
+/// Give up on a job whose publish was not confirmed: it becomes `cancelled` (a late
+/// message for it then changes nothing) and its idempotency key is freed for a retry.
+/// False when a worker already claimed it — the message did reach the queue after all.
+pub async fn abandon_unqueued(conn: &mut PgConnection, id: Uuid, error: &Value) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "update jobs set status = 'cancelled', error = $2, idempotency_key = null, updated_at = now()
+         where id = $1 and status = 'queued'",
+    )
+    .bind(id)
+    .bind(error)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 /// Claim the given jobs for this transaction. A job not returned was already finished (or
