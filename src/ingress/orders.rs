@@ -4,13 +4,14 @@
 use super::error::ApiError;
 use super::extract::{Json, Path, Query};
 use super::IngressState;
-use crate::domain::machine::{self, OrderContext, StockLine};
+use crate::domain::machine;
+use crate::worker::apply::Batch;
 use crate::domain::{Action, Actor, OrderStatus, RejectCode, Rejection, Role};
 use crate::event::{Change, NewEvent};
 use crate::job::{ChangeStatus, JobMessage};
 use crate::store::jobs::{Job, JobView, NewJob, KIND_CHANGE_STATUS};
 use crate::store::orders::{NewItem, NewOrder, Order, OrderItem};
-use crate::store::{history, inventory, jobs, orders, outbox};
+use crate::store::{history, jobs, orders, outbox};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -202,22 +203,9 @@ async fn read_history(State(state): State<IngressState>, actor: Actor, Path(id):
 
 async fn valid_actions(State(state): State<IngressState>, actor: Actor, Path(id): Path<Uuid>) -> Result<Response, ApiError> {
     let order = visible_order(&state, &actor, id).await?;
-    let mut conn = state.pool.acquire().await?;
-    let items = orders::items(&mut conn, &[id]).await?;
-    let mut lines = Vec::with_capacity(items.len());
-    for item in &items {
-        // Reading (not locking) stock: this is advice, the worker decides under locks.
-        let available = inventory::get(&mut conn, &item.sku).await?.map(|s| s.available);
-        lines.push(StockLine { sku: item.sku.clone(), quantity: item.quantity.into(), available });
-    }
-    let ctx = OrderContext {
-        customer_id: order.customer_id,
-        status: order.status,
-        payment_status: order.payment_status,
-        version: order.version,
-        stock: &lines,
-    };
-    let actions = machine::valid_actions(&ctx, &actor);
+    // Read, not locked: this is advice; the worker decides under locks.
+    let batch = Batch::load(&mut *state.pool.acquire().await?, &[id], false).await?;
+    let actions = batch.valid_actions(id, &actor).ok_or(ApiError::NotFound("order"))?;
     Ok(axum::Json(json!({ "order_id": id, "status": order.status, "version": order.version, "actions": actions })).into_response())
 }
 

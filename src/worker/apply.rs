@@ -79,6 +79,27 @@ impl Batch {
         self.orders.get(&id)
     }
 
+    /// The order's lines with the stock they draw on, as it is now in this batch.
+    fn stock_lines(&self, order_id: Uuid) -> Vec<StockLine> {
+        self.items
+            .get(&order_id)
+            .into_iter()
+            .flatten()
+            .map(|i| StockLine {
+                sku: i.sku.clone(),
+                quantity: i.quantity.into(),
+                available: self.stock.get(&i.sku).map(|(on_hand, reserved)| on_hand - reserved),
+            })
+            .collect()
+    }
+
+    /// Every action judged for `actor` on this order as it is now (`valid-actions`).
+    pub fn valid_actions(&self, order_id: Uuid, actor: &Actor) -> Option<Vec<machine::ActionAvailability>> {
+        let order = self.orders.get(&order_id)?;
+        let lines = self.stock_lines(order_id);
+        Some(machine::valid_actions(&context(order, &lines), actor))
+    }
+
     /// Judge `request` by `actor` on the order as it is now in this batch, and on success
     /// record the change: later changes in the batch see its effects.
     pub fn apply(
@@ -99,22 +120,8 @@ impl Batch {
                 return Err(Rejection::new(crate::domain::RejectCode::MissingField, "neither `action` nor `to` given"));
             }
         };
-        let order_items = self.items.get(&order_id).map(Vec::as_slice).unwrap_or_default();
-        let lines: Vec<StockLine> = order_items
-            .iter()
-            .map(|i| StockLine {
-                sku: i.sku.clone(),
-                quantity: i.quantity.into(),
-                available: self.stock.get(&i.sku).map(|(on_hand, reserved)| on_hand - reserved),
-            })
-            .collect();
-        let ctx = OrderContext {
-            customer_id: order.customer_id,
-            status: order.status,
-            payment_status: order.payment_status,
-            version: order.version,
-            stock: &lines,
-        };
+        let lines = self.stock_lines(order_id);
+        let ctx = context(order, &lines);
         let req = ChangeRequest {
             expected_version: request.expected_version,
             tracking_number: request.tracking_number.as_deref(),
@@ -179,6 +186,16 @@ impl Batch {
         history::insert_many(conn, &self.history, self.now).await?;
         outbox::insert_many(conn, &self.events).await?;
         Ok(self.history.len())
+    }
+}
+
+fn context<'a>(order: &Order, lines: &'a [StockLine]) -> OrderContext<'a> {
+    OrderContext {
+        customer_id: order.customer_id,
+        status: order.status,
+        payment_status: order.payment_status,
+        version: order.version,
+        stock: lines,
     }
 }
 
