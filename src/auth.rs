@@ -66,12 +66,26 @@ pub trait HasKeys {
     fn keys(&self) -> &Keys;
 }
 
-/// The token from `Authorization: Bearer`, else from `?access_token=`.
-fn token_of(parts: &Parts) -> Option<String> {
-    if let Some(value) = parts.headers.get(axum::http::header::AUTHORIZATION) {
-        let value = value.to_str().ok()?;
-        let (scheme, token) = value.split_once(' ')?;
-        return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned());
+/// Paths that accept `?access_token=` (EventSource cannot send headers); nowhere else, so
+/// tokens do not end up in ordinary access logs.
+const QUERY_TOKEN_PREFIX: &str = "/orders/events/";
+
+/// The token from `Authorization: Bearer` (any case), else — on the event stream paths
+/// only — from `?access_token=`.
+pub(crate) fn token_of(parts: &Parts) -> Option<String> {
+    bearer(&parts.headers).or_else(|| query_token(parts))
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Option<String> {
+    let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
+}
+
+fn query_token(parts: &Parts) -> Option<String> {
+    if !parts.uri.path().starts_with(QUERY_TOKEN_PREFIX) {
+        return None;
     }
     let query = parts.uri.query()?;
     url::form_urlencoded::parse(query.as_bytes())

@@ -131,7 +131,7 @@ pub struct WorkerConfig {
     pub worker_bulk: bool,
 
     /// Orders per bulk chunk (one transaction, one progress event, one cancel check).
-    #[arg(long, env = "BULK_CHUNK_SIZE", default_value_t = 1_000)]
+    #[arg(long, env = "BULK_CHUNK_SIZE", default_value_t = 2_000)]
     pub bulk_chunk_size: i64,
 
     /// Most bulk changes this worker applies per second (0: no limit). Kept apart from the
@@ -149,7 +149,7 @@ pub struct WorkerConfig {
 #[derive(Args, Debug, Clone)]
 pub struct RelayConfig {
     /// Most outbox rows sequenced and published per round.
-    #[arg(long, env = "RELAY_BATCH_SIZE", default_value_t = 500)]
+    #[arg(long, env = "RELAY_BATCH_SIZE", default_value_t = 2_000)]
     pub relay_batch_size: i64,
 
     /// Poll interval when no NOTIFY arrives (a fallback: NOTIFY is the usual wake-up).

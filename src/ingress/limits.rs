@@ -61,12 +61,8 @@ impl Limits {
 
 /// axum middleware: rate limit by the bearer token's actor when it verifies, else by IP.
 pub async fn middleware(State(state): State<IngressState>, request: Request, next: Next) -> Response {
-    let token = request
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
-    let actor = token.and_then(|t| state.keys.verify(t.trim()).ok()).map(|a| a.id);
+    let token = crate::auth::bearer(request.headers());
+    let actor = token.and_then(|t| state.keys.verify(&t).ok()).map(|a| a.id);
     let ip = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
     match state.limits.check(actor, ip) {
         Ok(()) => next.run(request).await,

@@ -1142,7 +1142,9 @@ impl TestSystem {
                 }
                 Ok(Ok(None)) | Ok(Err(_)) => {
                     let status = child.wait().await;
-                    panic!("`orderflow all` exited before it was listening: {status:?} (its stderr is above)");
+                    panic!(
+                        "`orderflow all` exited before it was listening: {status:?} (its stderr is above)"
+                    );
                 }
             }
         };
@@ -1157,7 +1159,12 @@ impl TestSystem {
 
     /// A JWT with exactly this header and these claims, signed with this system's secret by
     /// the HMAC algorithm `alg`, whatever the header claims (for algorithm-confusion cases).
-    pub fn token_with(&self, alg: jsonwebtoken::Algorithm, header: &Value, claims: &Value) -> String {
+    pub fn token_with(
+        &self,
+        alg: jsonwebtoken::Algorithm,
+        header: &Value,
+        claims: &Value,
+    ) -> String {
         jwt_signed_with(self.jwt_secret.as_bytes(), alg, header, claims)
     }
 
@@ -1250,7 +1257,12 @@ impl TestSystem {
 
 /// `base64url(header).base64url(claims).signature`, the signature made with `key` by the
 /// HMAC algorithm `alg` (HS256/384/512), whatever `alg` the header names.
-pub fn jwt_signed_with(key: &[u8], alg: jsonwebtoken::Algorithm, header: &Value, claims: &Value) -> String {
+pub fn jwt_signed_with(
+    key: &[u8],
+    alg: jsonwebtoken::Algorithm,
+    header: &Value,
+    claims: &Value,
+) -> String {
     let signing_input = format!(
         "{}.{}",
         base64url(header.to_string().as_bytes()),
