@@ -91,11 +91,22 @@ pub async fn get(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<Order
 /// Load orders by id; with `lock`, lock them for update in id order (so that concurrent
 /// batches never deadlock).
 pub async fn load_many(conn: &mut PgConnection, ids: &[Uuid], lock: bool) -> sqlx::Result<Vec<Order>> {
+    let Some((low, high)) = bounds(ids) else { return Ok(Vec::new()) };
     let lock = if lock { "for update" } else { "" };
-    sqlx::query_as(&format!("select {COLUMNS} from orders where id = any($1) order by id {lock}"))
-        .bind(ids)
-        .fetch_all(conn)
-        .await
+    // The id range lets the planner walk the primary key instead of scanning the table
+    // for a long id list (bulk chunks are consecutive in id order).
+    sqlx::query_as(&format!(
+        "select {COLUMNS} from orders where id between $2 and $3 and id = any($1) order by id {lock}"
+    ))
+    .bind(ids)
+    .bind(low)
+    .bind(high)
+    .fetch_all(conn)
+    .await
+}
+
+fn bounds(ids: &[Uuid]) -> Option<(Uuid, Uuid)> {
+    Some((*ids.iter().min()?, *ids.iter().max()?))
 }
 
 pub async fn items(conn: &mut PgConnection, order_ids: &[Uuid]) -> sqlx::Result<Vec<OrderItem>> {
@@ -114,19 +125,22 @@ pub async fn store_states(conn: &mut PgConnection, changed: &[&Order], now: Date
         return Ok(());
     }
     let ids: Vec<Uuid> = changed.iter().map(|o| o.id).collect();
+    let (low, high) = bounds(&ids).expect("not empty");
     let statuses: Vec<&str> = changed.iter().map(|o| o.status.as_str()).collect();
     let payments: Vec<&str> = changed.iter().map(|o| o.payment_status.as_str()).collect();
     let versions: Vec<i64> = changed.iter().map(|o| o.version).collect();
     sqlx::query(
         "update orders o set status = v.status, payment_status = v.payment, version = v.version, updated_at = $5
          from unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[]) as v(id, status, payment, version)
-         where o.id = v.id",
+         where o.id = v.id and o.id between $6 and $7",
     )
     .bind(&ids)
     .bind(&statuses)
     .bind(&payments)
     .bind(&versions)
     .bind(now)
+    .bind(low)
+    .bind(high)
     .execute(conn)
     .await?;
     Ok(())

@@ -68,6 +68,8 @@ pub struct TestSystem {
     pool: Option<PgPool>,
     /// Set once `stop` cleaned up, so that `Drop` has nothing left to do.
     stopped: bool,
+    /// Extra environment of the spawned process (kept across `restart`).
+    extra_env: Vec<(String, String)>,
 }
 
 /// An HTTP answer with its body read: JSON when it parses, else the text as a JSON string
@@ -157,6 +159,12 @@ struct Claims<'a> {
 
 impl TestSystem {
     pub async fn start() -> Self {
+        Self::start_with_env(&[]).await
+    }
+
+    /// Like [`TestSystem::start`], with extra environment variables for the spawned process
+    /// (e.g. `RATE_PER_ACTOR`); `restart` keeps them.
+    pub async fn start_with_env(env: &[(&str, &str)]) -> Self {
         let admin_url =
             std::env::var("TEST_PG_ADMIN_URL").unwrap_or_else(|_| DEFAULT_PG_ADMIN_URL.to_owned());
         let amqp_url =
@@ -191,6 +199,7 @@ impl TestSystem {
                 .expect("building the HTTP client"),
             pool: None,
             stopped: false,
+            extra_env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         system.spawn().await;
         // The schema exists now: `all` applies the migrations before it listens.
@@ -216,6 +225,7 @@ impl TestSystem {
             .env("JWT_SECRET", &self.jwt_secret)
             .env("RUST_LOG", "info,orderflow=debug")
             .env("LOG_FORMAT", "pretty")
+            .envs(self.extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -1061,102 +1071,6 @@ impl SseStream {
 // ---- extras: processes with extra settings, hand-made tokens, queue inspection ---------
 
 impl TestSystem {
-    /// Like [`TestSystem::start`], with extra environment variables for the spawned process
-    /// (e.g. `RATE_PER_ACTOR`). Note: `restart` spawns without them.
-    pub async fn start_with_env(env: &[(&str, &str)]) -> Self {
-        let admin_url =
-            std::env::var("TEST_PG_ADMIN_URL").unwrap_or_else(|_| DEFAULT_PG_ADMIN_URL.to_owned());
-        let amqp_url =
-            std::env::var("TEST_AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.to_owned());
-        let db_name = format!("of_test_{}", Uuid::new_v4().simple());
-        let db_url = with_database(&admin_url, &db_name);
-        let mut admin = PgConnection::connect(&admin_url).await.unwrap_or_else(|e| {
-            panic!("connecting to Postgres at {admin_url} (TEST_PG_ADMIN_URL): {e}")
-        });
-        sqlx::query(&format!(r#"create database "{db_name}""#))
-            .execute(&mut admin)
-            .await
-            .unwrap_or_else(|e| panic!("creating database {db_name}: {e}"));
-        let _ = admin.close().await;
-        let mut system = Self {
-            child: None,
-            stdout_drain: None,
-            base_url: String::new(),
-            admin_url,
-            db_name,
-            db_url,
-            amqp_url,
-            ns: format!("t-{}.", &Uuid::new_v4().simple().to_string()[..8]),
-            jwt_secret: format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple()),
-            http: reqwest::Client::builder()
-                .build()
-                .expect("building the HTTP client"),
-            pool: None,
-            stopped: false,
-        };
-        system.spawn_with_env(env).await;
-        system.pool = Some(
-            PgPoolOptions::new()
-                .max_connections(4)
-                .connect(&system.db_url)
-                .await
-                .unwrap_or_else(|e| {
-                    panic!("connecting to the test database {}: {e}", system.db_url)
-                }),
-        );
-        system
-    }
-
-    /// [`TestSystem::spawn`] with extra environment variables.
-    async fn spawn_with_env(&mut self, env: &[(&str, &str)]) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_orderflow"))
-            .args(["all", "--bind", "127.0.0.1:0"])
-            .env_remove("BIND")
-            .env("DATABASE_URL", &self.db_url)
-            .env("AMQP_URL", &self.amqp_url)
-            .env("ORDERFLOW_NAMESPACE", &self.ns)
-            .env("JWT_SECRET", &self.jwt_secret)
-            .env("RUST_LOG", "info,orderflow=debug")
-            .env("LOG_FORMAT", "pretty")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawning `orderflow all`");
-        let stdout = child.stdout.take().expect("child stdout is piped");
-        let mut lines = BufReader::new(stdout).lines();
-        let deadline = tokio::time::Instant::now() + START_DEADLINE;
-        let addr = loop {
-            match tokio::time::timeout_at(deadline, lines.next_line()).await {
-                Err(_) => panic!(
-                    "`orderflow all` (db {}, ns {}) printed no `listening on http://…` line within {START_DEADLINE:?}",
-                    self.db_name, self.ns
-                ),
-                Ok(Ok(Some(line))) => {
-                    if let Some((_, rest)) = line.split_once("listening on http://") {
-                        break rest.trim().to_owned();
-                    }
-                    eprintln!("[orderflow stdout] {line}");
-                }
-                Ok(Ok(None)) | Ok(Err(_)) => {
-                    let status = child.wait().await;
-                    panic!(
-                        "`orderflow all` exited before it was listening: {status:?} (its stderr is above)"
-                    );
-                }
-            }
-        };
-        self.base_url = format!("http://{addr}");
-        self.stdout_drain = Some(tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                eprintln!("[orderflow stdout] {line}");
-            }
-        }));
-        self.child = Some(child);
-    }
-
     /// A JWT with exactly this header and these claims, signed with this system's secret by
     /// the HMAC algorithm `alg`, whatever the header claims (for algorithm-confusion cases).
     pub fn token_with(
