@@ -364,7 +364,11 @@ pub fn mermaid() -> String {
             out.push_str(&format!("    {from} --> {to}: {} ({roles})\n", t.action));
         }
     }
-    for s in [OrderStatus::Refunded] {
+    // Terminal statuses: no action leads anywhere else from them.
+    let terminal = OrderStatus::ALL
+        .into_iter()
+        .filter(|s| !TRANSITIONS.iter().any(|t| t.from.contains(s) && t.to.is_some_and(|to| to != *s)));
+    for s in terminal {
         out.push_str(&format!("    {s} --> [*]\n"));
     }
     out

@@ -44,10 +44,10 @@ fn as_u32(v: &AMQPValue) -> Option<u32> {
 
 impl JobDelivery {
     /// Read a delivery; `Err` carries the delivery back with why it is unreadable.
-    pub fn parse(delivery: Delivery) -> Result<Self, (Delivery, String)> {
+    pub fn parse(delivery: Delivery) -> Result<Self, Box<(Delivery, String)>> {
         let msg: JobMessage = match serde_json::from_slice(&delivery.data) {
             Ok(m) => m,
-            Err(e) => return Err((delivery, format!("unparseable job message: {e}"))),
+            Err(e) => return Err(Box::new((delivery, format!("unparseable job message: {e}")))),
         };
         let attempt = header(&delivery, ATTEMPT_HEADER).and_then(as_u32).unwrap_or(1).max(1);
         let redeliveries = header(&delivery, DELIVERY_COUNT_HEADER).and_then(as_u32).unwrap_or(0);

@@ -151,7 +151,8 @@ impl Worker {
             let Some(delivery) = next else { anyhow::bail!("bulk consumer stream ended (channel closed)") };
             match JobDelivery::parse(delivery.context("receiving a bulk delivery")?) {
                 Ok(job) => self.run_bulk(&control, job, shutdown).await?,
-                Err((delivery, why)) => {
+                Err(unreadable) => {
+                    let (delivery, why) = *unreadable;
                     tracing::error!(%why, "parking an unreadable bulk message");
                     retry::park(&control, &self.names, &delivery, 1, &why).await?;
                     delivery.acker.ack(BasicAckOptions::default()).await?;
@@ -262,7 +263,8 @@ impl Worker {
                     job.delivery.acker.ack(BasicAckOptions::default()).await?;
                 }
                 Ok(job) => jobs.push(job),
-                Err((delivery, why)) => {
+                Err(unreadable) => {
+                    let (delivery, why) = *unreadable;
                     tracing::error!(%why, "parking an unreadable job message");
                     retry::park(control, &self.names, &delivery, 1, &why).await?;
                     delivery.acker.ack(BasicAckOptions::default()).await?;

@@ -27,6 +27,7 @@ fn lines(stock: Stock) -> Vec<StockLine> {
 }
 
 /// DESIGN.md's table, transcribed as plainly as possible: Ok(to status) or the code.
+#[allow(clippy::too_many_arguments)] // one argument per dimension of the cell
 fn oracle(
     role: Role,
     own: bool,
