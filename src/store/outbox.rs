@@ -65,17 +65,13 @@ pub async fn assign_seqs(conn: &mut PgConnection, limit: i64) -> sqlx::Result<u6
     if ids.is_empty() {
         return Ok(0);
     }
-    // `ids` is ascending: the id range keeps the planner on the primary key rather than
-    // scanning the whole (wide, growing) table.
     let done = sqlx::query(
         "update outbox o set seq = base.max_seq + t.ord
          from unnest($1::bigint[]) with ordinality as t(id, ord),
               (select coalesce(max(seq), 0) as max_seq from outbox) base
-         where o.id = t.id and o.id between $2 and $3",
+         where o.id = t.id",
     )
     .bind(&ids)
-    .bind(ids[0])
-    .bind(ids[ids.len() - 1])
     .execute(conn)
     .await?;
     Ok(done.rows_affected())
@@ -94,16 +90,10 @@ pub async fn unpublished(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Ve
 }
 
 pub async fn mark_published(conn: &mut PgConnection, seqs: &[i64]) -> sqlx::Result<()> {
-    let (Some(low), Some(high)) = (seqs.iter().min(), seqs.iter().max()) else { return Ok(()) };
-    sqlx::query(
-        "update outbox set published_at = now()
-         where seq between $2 and $3 and seq = any($1) and published_at is null",
-    )
-    .bind(seqs)
-    .bind(low)
-    .bind(high)
-    .execute(conn)
-    .await?;
+    sqlx::query("update outbox set published_at = now() where seq = any($1) and published_at is null")
+        .bind(seqs)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
