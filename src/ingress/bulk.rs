@@ -174,17 +174,7 @@ async fn status_update(
         Some(other) => return Err(ApiError::BadRequest(format!("unknown mode `{other}`: best_effort or atomic"))),
         None => return Err(ApiError::BadRequest("`mode` is required: best_effort or atomic".into())),
     };
-    let key = match headers.get("idempotency-key") {
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .map(str::trim)
-                .filter(|k| (1..=200).contains(&k.len()))
-                .ok_or_else(|| ApiError::BadRequest("Idempotency-Key must be 1 to 200 visible characters".into()))?
-                .to_owned(),
-        ),
-        None => None,
-    };
+    let key = super::orders::idempotency_key(&headers)?;
     let selection = serde_json::to_value(&body.selection).expect("selection serializes");
     let request = serde_json::to_value(&request).expect("request serializes");
     let bulk_id = Uuid::now_v7();

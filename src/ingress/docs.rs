@@ -3,7 +3,7 @@
 use super::error::ApiError;
 use super::extract::Query;
 use super::IngressState;
-use crate::domain::{Action, OrderStatus, PaymentStatus, RejectCode, Role, TRANSITIONS};
+use crate::domain::{OrderStatus, PaymentStatus, RejectCode, Role, TRANSITIONS};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -45,7 +45,3 @@ async fn documentation(Query(p): Query<DocParams>) -> Result<Response, ApiError>
     }
 }
 
-/// Every action, for messages listing what is accepted.
-pub fn action_names() -> String {
-    Action::ALL.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", ")
-}

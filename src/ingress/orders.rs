@@ -128,23 +128,20 @@ async fn create(State(state): State<IngressState>, actor: Actor, Json(body): Jso
     let mut tx = state.pool.begin().await?;
     let order = orders::insert(&mut tx, &NewOrder { id, customer_id, currency: &currency, total_cents: total, items: &items }).await?;
     let change = Change { action: "create", from: None, actor, reason: None, job_id: None, bulk_id: None };
-    history::insert(
-        &mut tx,
-        &history::NewEntry {
-            order_id: id,
-            from: None,
-            to: order.status.as_str(),
-            action: change.action,
-            actor_id: actor.id,
-            actor_role: actor.role,
-            reason: None,
-            job_id: None,
-            bulk_id: None,
-            version: order.version,
-        },
-    )
-    .await?;
-    outbox::insert(&mut tx, &NewEvent::order(&order, &change)).await?;
+    let created = history::NewRow {
+        order_id: id,
+        from: None,
+        to: order.status.as_str().to_owned(),
+        action: change.action.to_owned(),
+        actor_id: actor.id,
+        actor_role: actor.role,
+        reason: None,
+        job_id: None,
+        bulk_id: None,
+        version: order.version,
+    };
+    history::insert_many(&mut tx, &[created], order.created_at).await?;
+    outbox::insert_many(&mut tx, &[NewEvent::order(&order, &change)]).await?;
     tx.commit().await?;
     tracing::info!(order_id = %id, %customer_id, "order created");
     let items = items
@@ -245,7 +242,7 @@ fn preferred_wait(headers: &HeaderMap, max: u64) -> Result<Option<Duration>, Api
     Ok(None)
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
     let key = value.to_str().map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII".into()))?.trim();
     if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_CHARS {

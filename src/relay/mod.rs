@@ -14,7 +14,7 @@ use anyhow::Context;
 use sqlx::postgres::PgListener;
 use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, PgPool, Postgres};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// The advisory lock key of the active relay (per database).
@@ -35,24 +35,11 @@ pub enum Round {
 /// Run the relay until `shutdown`: wait to become active, then publish; start over after
 /// losing the database or the broker.
 pub async fn run(pool: PgPool, amqp_url: String, names: Names, cfg: RelayConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let mut delays = broker::reconnect_delays();
-    loop {
-        let started = Instant::now();
-        match session(&pool, &amqp_url, &names, &cfg, &shutdown).await {
-            Ok(()) => return Ok(()),
-            Err(e) => tracing::warn!(error = format!("{e:#}"), "outbox relay session ended; starting over"),
-        }
-        if started.elapsed() > Duration::from_secs(30) {
-            delays = broker::reconnect_delays();
-        }
-        // A standby must be back to polling for the lock quickly, whatever ended its
-        // session: takeover time is bounded by this, not by the broker's backoff.
-        let delay = delays.next().unwrap_or(Duration::from_secs(5)).min(Duration::from_millis(500));
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(delay) => {}
-        }
-    }
+    // A standby must be back to polling for the lock quickly, whatever ended its session:
+    // takeover time is bounded by this cap, not by the broker's backoff.
+    let cap = Duration::from_millis(500);
+    broker::supervise("outbox relay", &shutdown, cap, || session(&pool, &amqp_url, &names, &cfg, &shutdown)).await;
+    Ok(())
 }
 
 /// Wait until this process holds the relay lock (or shutdown). The lock lives as long as

@@ -28,7 +28,7 @@ use serde_json::json;
 use sqlx::PgPool;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -164,22 +164,8 @@ async fn stats(State(state): State<BridgeState>, actor: Actor) -> Result<impl In
 
 /// Feed the hub from the broker until `shutdown`, reconnecting whenever the broker is lost.
 pub async fn run_feed(state: BridgeState, amqp_url: String, names: Names) -> anyhow::Result<()> {
-    let mut delays = broker::reconnect_delays();
-    loop {
-        let started = Instant::now();
-        match feed_session(&state, &amqp_url, &names).await {
-            Ok(()) => return Ok(()),
-            Err(e) => tracing::warn!(error = format!("{e:#}"), "SSE bridge lost its broker session; reconnecting"),
-        }
-        if started.elapsed() > Duration::from_secs(30) {
-            delays = broker::reconnect_delays();
-        }
-        let delay = delays.next().unwrap_or(Duration::from_secs(5));
-        tokio::select! {
-            _ = state.shutdown.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(delay) => {}
-        }
-    }
+    broker::supervise("SSE bridge", &state.shutdown, Duration::from_secs(5), || feed_session(&state, &amqp_url, &names)).await;
+    Ok(())
 }
 
 async fn feed_session(state: &BridgeState, url: &str, names: &Names) -> anyhow::Result<()> {

@@ -6,19 +6,6 @@ use serde::Serialize;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-pub struct NewEntry<'a> {
-    pub order_id: Uuid,
-    pub from: Option<&'a str>,
-    pub to: &'a str,
-    pub action: &'a str,
-    pub actor_id: Uuid,
-    pub actor_role: Role,
-    pub reason: Option<&'a str>,
-    pub job_id: Option<Uuid>,
-    pub bulk_id: Option<Uuid>,
-    pub version: i64,
-}
-
 /// An owned row for set-wise inserts (a batch's changes).
 #[derive(Debug, Clone)]
 pub struct NewRow {
@@ -82,27 +69,6 @@ impl From<Entry> for EntryView {
             at: e.created_at,
         }
     }
-}
-
-pub async fn insert(conn: &mut PgConnection, e: &NewEntry<'_>) -> sqlx::Result<()> {
-    sqlx::query(
-        "insert into order_status_history
-           (order_id, from_status, to_status, action, actor_id, actor_role, reason, job_id, bulk_id, version)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-    )
-    .bind(e.order_id)
-    .bind(e.from)
-    .bind(e.to)
-    .bind(e.action)
-    .bind(e.actor_id)
-    .bind(e.actor_role.as_str())
-    .bind(e.reason)
-    .bind(e.job_id)
-    .bind(e.bulk_id)
-    .bind(e.version)
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// Insert many rows in one statement, all stamped `at` (the transaction's time).

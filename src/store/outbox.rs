@@ -5,21 +5,7 @@ use crate::event::{Event, NewEvent};
 use serde_json::Value;
 use sqlx::PgConnection;
 
-pub async fn insert(conn: &mut PgConnection, e: &NewEvent) -> sqlx::Result<()> {
-    sqlx::query(
-        "insert into outbox (order_id, customer_id, event_type, routing_key, payload) values ($1, $2, $3, $4, $5)",
-    )
-    .bind(e.order_id)
-    .bind(e.customer_id)
-    .bind(e.event_type)
-    .bind(&e.routing_key)
-    .bind(&e.payload)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// Insert many events in one statement, in slice order (their ids follow it).
+/// Insert events in one statement, in slice order (their ids follow it).
 pub async fn insert_many(conn: &mut PgConnection, events: &[NewEvent]) -> sqlx::Result<()> {
     if events.is_empty() {
         return Ok(());

@@ -34,7 +34,7 @@ pub enum StepError {
 }
 
 async fn progress(conn: &mut PgConnection, op: &BulkOp) -> sqlx::Result<()> {
-    outbox::insert(conn, &NewEvent::bulk_progress(op)).await
+    outbox::insert_many(conn, &[NewEvent::bulk_progress(op)]).await
 }
 
 /// Do the next step of bulk `job` in one transaction.

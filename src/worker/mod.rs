@@ -30,7 +30,7 @@ use retry::Disposition;
 use serde_json::json;
 use sqlx::PgPool;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -66,22 +66,7 @@ pub async fn run(pool: PgPool, common: &CommonConfig, cfg: WorkerConfig, shutdow
         cfg,
         committed_batches: AtomicU64::new(0),
     };
-    let mut delays = broker::reconnect_delays();
-    loop {
-        let started = Instant::now();
-        match worker.session(&common.amqp_url, &shutdown).await {
-            Ok(()) => break,
-            Err(e) => tracing::warn!(error = format!("{e:#}"), "order worker lost its broker session; reconnecting"),
-        }
-        if started.elapsed() > Duration::from_secs(30) {
-            delays = broker::reconnect_delays();
-        }
-        let delay = delays.next().unwrap_or(Duration::from_secs(5));
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(delay) => {}
-        }
-    }
+    broker::supervise("order worker", &shutdown, Duration::from_secs(5), || worker.session(&common.amqp_url, &shutdown)).await;
     if let Some(sweeper) = sweeper {
         sweeper.await.context("sweeper task")??;
     }
