@@ -3,17 +3,20 @@
 //! return once every loop has finished its work in hand.
 
 use crate::auth::Keys;
-use crate::broker::publisher::JobPublisher;
 use crate::broker::Names;
-use crate::config::{BridgeConfig, CommonConfig, HttpConfig, IngressConfig, RelayConfig, WorkerConfig, DEV_JWT_SECRET};
+use crate::broker::publisher::JobPublisher;
+use crate::config::{
+    BridgeConfig, CommonConfig, DEV_JWT_SECRET, HttpConfig, IngressConfig, RelayConfig,
+    WorkerConfig,
+};
 use crate::ingress::error::ApiError;
-use crate::ingress::{self, health, IngressState};
+use crate::ingress::{self, IngressState, health};
 use crate::sse::{self, BridgeState};
 use crate::store::db;
 use crate::{relay, worker};
 use anyhow::Context;
-use axum::extract::DefaultBodyLimit;
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use sqlx::PgPool;
 use std::io::Write;
 use std::sync::Arc;
@@ -22,8 +25,14 @@ use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 
 /// Bind, announce the address on stdout (tests and scripts read it), serve until shutdown.
-pub async fn serve_http(http: &HttpConfig, router: Router, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(http.bind).await.with_context(|| format!("binding {}", http.bind))?;
+pub async fn serve_http(
+    http: &HttpConfig,
+    router: Router,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(http.bind)
+        .await
+        .with_context(|| format!("binding {}", http.bind))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "HTTP listening");
     {
@@ -35,21 +44,35 @@ pub async fn serve_http(http: &HttpConfig, router: Router, shutdown: Cancellatio
         .fallback(|| async { ApiError::NotFound("route") })
         .layer(DefaultBodyLimit::max(http.body_limit_bytes))
         .layer(TraceLayer::new_for_http());
-    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-        .context("serving HTTP")
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await
+    .context("serving HTTP")
 }
 
 fn keys(http: &HttpConfig) -> Keys {
     if http.jwt_secret == DEV_JWT_SECRET {
-        tracing::warn!("JWT_SECRET is the development default: anyone can mint tokens. Set JWT_SECRET in production.");
+        tracing::warn!(
+            "JWT_SECRET is the development default: anyone can mint tokens. Set JWT_SECRET in production."
+        );
     }
     Keys::new(&http.jwt_secret)
 }
 
-fn ingress_parts(common: &CommonConfig, keys: Keys, cfg: &IngressConfig, pool: &PgPool) -> (Router, Arc<JobPublisher>) {
-    let publisher = Arc::new(JobPublisher::new(&common.amqp_url, Names::from_config(common), cfg.publish_timeout()));
+fn ingress_parts(
+    common: &CommonConfig,
+    keys: Keys,
+    cfg: &IngressConfig,
+    pool: &PgPool,
+) -> (Router, Arc<JobPublisher>) {
+    let publisher = Arc::new(JobPublisher::new(
+        &common.amqp_url,
+        Names::from_config(common),
+        cfg.publish_timeout(),
+    ));
     let limits = ingress::limits::Limits::new(cfg.rate_per_actor, cfg.rate_per_ip);
     let sweep = limits.clone();
     tokio::spawn(async move {
@@ -58,12 +81,21 @@ fn ingress_parts(common: &CommonConfig, keys: Keys, cfg: &IngressConfig, pool: &
             sweep.shrink();
         }
     });
-    let state = IngressState { pool: pool.clone(), keys, publisher: publisher.clone(), cfg: cfg.clone(), limits };
+    let state = IngressState {
+        pool: pool.clone(),
+        keys,
+        publisher: publisher.clone(),
+        cfg: cfg.clone(),
+        limits,
+    };
     (ingress::router(state), publisher)
 }
 
 /// Wait for every task; the first failure cancels the others and is returned.
-async fn join_all(mut tasks: JoinSet<anyhow::Result<()>>, shutdown: CancellationToken) -> anyhow::Result<()> {
+async fn join_all(
+    mut tasks: JoinSet<anyhow::Result<()>>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let mut first_error = None;
     while let Some(done) = tasks.join_next().await {
         let result = done.context("a task panicked").and_then(|r| r);
@@ -77,38 +109,84 @@ async fn join_all(mut tasks: JoinSet<anyhow::Result<()>>, shutdown: Cancellation
 }
 
 /// `orderflow serve`: the HTTP ingress alone.
-pub async fn run_ingress(common: CommonConfig, http: HttpConfig, cfg: IngressConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    crate::shutdown::watchdog(&shutdown, std::time::Duration::from_secs(common.shutdown_timeout_secs));
+pub async fn run_ingress(
+    common: CommonConfig,
+    http: HttpConfig,
+    cfg: IngressConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    crate::shutdown::watchdog(
+        &shutdown,
+        std::time::Duration::from_secs(common.shutdown_timeout_secs),
+    );
     let pool = db::connect(&common).await?;
     let (router, publisher) = ingress_parts(&common, keys(&http), &cfg, &pool);
     if let Err(e) = publisher.check_ready().await {
         tracing::warn!(error = %e, "broker not reachable yet; change-status answers 503 until it is");
     }
-    serve_http(&http, router.merge(health::router(pool, Some(publisher))), shutdown).await
+    serve_http(
+        &http,
+        router.merge(health::router(pool, Some(publisher))),
+        shutdown,
+    )
+    .await
 }
 
 /// `order-worker`.
-pub async fn run_worker(common: CommonConfig, cfg: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    crate::shutdown::watchdog(&shutdown, std::time::Duration::from_secs(common.shutdown_timeout_secs));
+pub async fn run_worker(
+    common: CommonConfig,
+    cfg: WorkerConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    crate::shutdown::watchdog(
+        &shutdown,
+        std::time::Duration::from_secs(common.shutdown_timeout_secs),
+    );
     let pool = db::connect(&common).await?;
     worker::run(pool, &common, cfg, shutdown).await
 }
 
 /// `outbox-relay`.
-pub async fn run_relay(common: CommonConfig, cfg: RelayConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    crate::shutdown::watchdog(&shutdown, std::time::Duration::from_secs(common.shutdown_timeout_secs));
+pub async fn run_relay(
+    common: CommonConfig,
+    cfg: RelayConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    crate::shutdown::watchdog(
+        &shutdown,
+        std::time::Duration::from_secs(common.shutdown_timeout_secs),
+    );
     let pool = db::connect(&common).await?;
-    relay::run(pool, common.amqp_url.clone(), Names::from_config(&common), cfg, shutdown).await
+    relay::run(
+        pool,
+        common.amqp_url.clone(),
+        Names::from_config(&common),
+        cfg,
+        shutdown,
+    )
+    .await
 }
 
 /// `sse-bridge`: the live event streams, on their own HTTP port.
-pub async fn run_bridge(common: CommonConfig, http: HttpConfig, cfg: BridgeConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    crate::shutdown::watchdog(&shutdown, std::time::Duration::from_secs(common.shutdown_timeout_secs));
+pub async fn run_bridge(
+    common: CommonConfig,
+    http: HttpConfig,
+    cfg: BridgeConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    crate::shutdown::watchdog(
+        &shutdown,
+        std::time::Duration::from_secs(common.shutdown_timeout_secs),
+    );
     let pool = db::connect(&common).await?;
     let state = BridgeState::new(keys(&http), pool.clone(), cfg, shutdown.clone());
     sse::prime(&state).await?;
     let mut tasks = JoinSet::new();
-    tasks.spawn(sse::run_feed(state.clone(), common.amqp_url.clone(), Names::from_config(&common)));
+    tasks.spawn(sse::run_feed(
+        state.clone(),
+        common.amqp_url.clone(),
+        Names::from_config(&common),
+    ));
     let router = sse::router(state).merge(health::router(pool, None));
     let token = shutdown.clone();
     tasks.spawn(async move { serve_http(&http, router, token).await });
@@ -128,7 +206,10 @@ pub struct AllConfig {
 /// `orderflow all`: create the database if needed, migrate, and run every role in this
 /// process, with the ingress and the SSE streams on one HTTP port.
 pub async fn run_all(cfg: AllConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    crate::shutdown::watchdog(&shutdown, std::time::Duration::from_secs(cfg.common.shutdown_timeout_secs));
+    crate::shutdown::watchdog(
+        &shutdown,
+        std::time::Duration::from_secs(cfg.common.shutdown_timeout_secs),
+    );
     db::create_if_missing(&cfg.common).await?;
     let pool = db::connect(&cfg.common).await?;
     db::migrate(&pool).await?;
@@ -144,11 +225,28 @@ pub async fn run_all(cfg: AllConfig, shutdown: CancellationToken) -> anyhow::Res
     sse::prime(&bridge).await?;
 
     let mut tasks = JoinSet::new();
-    let (wpool, wcommon, wcfg, wstop) = (pool.clone(), cfg.common.clone(), cfg.worker, shutdown.clone());
+    let (wpool, wcommon, wcfg, wstop) = (
+        pool.clone(),
+        cfg.common.clone(),
+        cfg.worker,
+        shutdown.clone(),
+    );
     tasks.spawn(async move { worker::run(wpool, &wcommon, wcfg, wstop).await });
-    tasks.spawn(relay::run(pool.clone(), cfg.common.amqp_url.clone(), names.clone(), cfg.relay, shutdown.clone()));
-    tasks.spawn(sse::run_feed(bridge.clone(), cfg.common.amqp_url.clone(), names));
-    let router = ingress_router.merge(sse::router(bridge)).merge(health::router(pool, Some(publisher)));
+    tasks.spawn(relay::run(
+        pool.clone(),
+        cfg.common.amqp_url.clone(),
+        names.clone(),
+        cfg.relay,
+        shutdown.clone(),
+    ));
+    tasks.spawn(sse::run_feed(
+        bridge.clone(),
+        cfg.common.amqp_url.clone(),
+        names,
+    ));
+    let router = ingress_router
+        .merge(sse::router(bridge))
+        .merge(health::router(pool, Some(publisher)));
     let token = shutdown.clone();
     let http = cfg.http;
     tasks.spawn(async move { serve_http(&http, router, token).await });

@@ -50,14 +50,27 @@ impl Keys {
     pub fn verify(&self, token: &str) -> Result<Actor, ApiError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.0.decoding, &self.0.validation)
             .map_err(|e| ApiError::Unauthorized(format!("invalid token: {e}")))?;
-        Ok(Actor { id: data.claims.sub, role: data.claims.role })
+        Ok(Actor {
+            id: data.claims.sub,
+            role: data.claims.role,
+        })
     }
 
     /// A token for `actor` valid for `ttl` (the `orderflow token` command, and tests).
     pub fn mint(&self, actor: Actor, ttl: Duration) -> String {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_secs();
-        let claims = Claims { sub: actor.id, role: actor.role, exp: now + ttl.as_secs(), iat: Some(now), nbf: None };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.0.encoding).expect("HS256 encoding")
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_secs();
+        let claims = Claims {
+            sub: actor.id,
+            role: actor.role,
+            exp: now + ttl.as_secs(),
+            iat: Some(now),
+            nbf: None,
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.0.encoding)
+            .expect("HS256 encoding")
     }
 }
 
@@ -78,9 +91,14 @@ pub(crate) fn token_of(parts: &Parts) -> Option<String> {
 
 /// The token of an `Authorization: Bearer <token>` header.
 pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Option<String> {
-    let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
 }
 
 fn query_token(parts: &Parts) -> Option<String> {
@@ -100,7 +118,8 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let token = token_of(parts).ok_or_else(|| ApiError::Unauthorized("missing bearer token".into()))?;
+        let token =
+            token_of(parts).ok_or_else(|| ApiError::Unauthorized("missing bearer token".into()))?;
         state.keys().verify(&token)
     }
 }

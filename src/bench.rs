@@ -8,9 +8,9 @@ use crate::auth::Keys;
 use crate::broker::Names;
 use crate::config::CommonConfig;
 use crate::domain::{Actor, Role};
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 use clap::Args;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection};
 use std::str::FromStr;
@@ -33,7 +33,9 @@ pub struct BenchArgs {
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
-    s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
 }
 
 const BENCH_SECRET: &str = "orderflow-bench-secret";
@@ -44,7 +46,12 @@ struct System {
     base: String,
 }
 
-async fn start_system(common: &CommonConfig, db_url: &str, namespace: &str, extra: &[(String, String)]) -> anyhow::Result<System> {
+async fn start_system(
+    common: &CommonConfig,
+    db_url: &str,
+    namespace: &str,
+    extra: &[(String, String)],
+) -> anyhow::Result<System> {
     let exe = std::env::current_exe().context("locating the orderflow binary")?;
     let mut cmd = tokio::process::Command::new(exe);
     cmd.args(["all", "--bind", "127.0.0.1:0"])
@@ -54,7 +61,10 @@ async fn start_system(common: &CommonConfig, db_url: &str, namespace: &str, extr
         .env("JWT_SECRET", BENCH_SECRET)
         .env("RATE_PER_ACTOR", "0")
         .env("DATABASE_MAX_CONNECTIONS", "20")
-        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true);
     for (k, v) in extra {
@@ -67,7 +77,10 @@ async fn start_system(common: &CommonConfig, db_url: &str, namespace: &str, extr
         .await
         .context("the system did not start within 60 s")??
         .context("the system exited before listening")?;
-    let base = line.strip_prefix("listening on ").context("unexpected first line")?.to_owned();
+    let base = line
+        .strip_prefix("listening on ")
+        .context("unexpected first line")?
+        .to_owned();
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     Ok(System { child, base })
 }
@@ -90,10 +103,19 @@ pub async fn run(common: CommonConfig, args: BenchArgs) -> anyhow::Result<()> {
         url.set_path(&db_name);
         url.to_string()
     };
-    let mut admin = server.clone().database("postgres").connect().await.context("connecting to Postgres")?;
-    sqlx::query(&format!("create database {db_name}")).execute(&mut admin).await?;
+    let mut admin = server
+        .clone()
+        .database("postgres")
+        .connect()
+        .await
+        .context("connecting to Postgres")?;
+    sqlx::query(&format!("create database {db_name}"))
+        .execute(&mut admin)
+        .await?;
     let outcome = bench(&common, &args, &db_url, &namespace).await;
-    sqlx::query(&format!("drop database if exists {db_name} with (force)")).execute(&mut admin).await?;
+    sqlx::query(&format!("drop database if exists {db_name} with (force)"))
+        .execute(&mut admin)
+        .await?;
     remove_namespace(&common, &namespace).await;
     outcome
 }
@@ -103,9 +125,13 @@ async fn remove_namespace(common: &CommonConfig, namespace: &str) {
     if let Ok(conn) = crate::broker::connect(&common.amqp_url, "bench-cleanup").await {
         if let Ok(channel) = conn.create_channel().await {
             for q in names.durable_queues() {
-                let _ = channel.queue_delete(q.as_str().into(), Default::default()).await;
+                let _ = channel
+                    .queue_delete(q.as_str().into(), Default::default())
+                    .await;
             }
-            let _ = channel.exchange_delete(names.events.as_str().into(), Default::default()).await;
+            let _ = channel
+                .exchange_delete(names.events.as_str().into(), Default::default())
+                .await;
         }
         let _ = conn.close(200, "bench done".into()).await;
     }
@@ -126,10 +152,21 @@ where
     Ok(start.elapsed())
 }
 
-async fn bench(common: &CommonConfig, args: &BenchArgs, db_url: &str, namespace: &str) -> anyhow::Result<()> {
+async fn bench(
+    common: &CommonConfig,
+    args: &BenchArgs,
+    db_url: &str,
+    namespace: &str,
+) -> anyhow::Result<()> {
     let mut system = start_system(common, db_url, namespace, &args.env).await?;
     let keys = Keys::new(BENCH_SECRET);
-    let admin = keys.mint(Actor { id: Uuid::new_v4(), role: Role::Admin }, Duration::from_secs(3600));
+    let admin = keys.mint(
+        Actor {
+            id: Uuid::new_v4(),
+            role: Role::Admin,
+        },
+        Duration::from_secs(3600),
+    );
     let http = reqwest::Client::new();
     let mut db = PgConnection::connect(db_url).await?;
 
@@ -155,7 +192,12 @@ async fn bench(common: &CommonConfig, args: &BenchArgs, db_url: &str, namespace:
         .bind(bulk_customer)
         .fetch_all(&mut db)
         .await?;
-    println!("seeded {} + {} orders in {:.1?}", args.orders, singles.len(), seeded.elapsed());
+    println!(
+        "seeded {} + {} orders in {:.1?}",
+        args.orders,
+        singles.len(),
+        seeded.elapsed()
+    );
 
     let selection = json!({ "filter": { "customer_id": bulk_customer, "status": ["pending"] } });
     let t = Instant::now();
@@ -168,11 +210,21 @@ async fn bench(common: &CommonConfig, args: &BenchArgs, db_url: &str, namespace:
         .error_for_status()?
         .json()
         .await?;
-    println!("preview: matched {} would_apply {} in {:.2?}", preview["matched"], preview["would_apply"], t.elapsed());
+    println!(
+        "preview: matched {} would_apply {} in {:.2?}",
+        preview["matched"],
+        preview["would_apply"],
+        t.elapsed()
+    );
 
     // Single changes during the bulk, measured end to end (Prefer: wait).
     let driver = {
-        let (http, base, admin, every) = (http.clone(), system.base.clone(), admin.clone(), args.single_every_ms);
+        let (http, base, admin, every) = (
+            http.clone(),
+            system.base.clone(),
+            admin.clone(),
+            args.single_every_ms,
+        );
         let stop = tokio_util::sync::CancellationToken::new();
         let token = stop.clone();
         let handle = tokio::spawn(async move {
@@ -211,11 +263,20 @@ async fn bench(common: &CommonConfig, args: &BenchArgs, db_url: &str, namespace:
         .error_for_status()?
         .json()
         .await?;
-    let bulk_id = submitted["bulk_id"].as_str().context("no bulk_id")?.to_owned();
+    let bulk_id = submitted["bulk_id"]
+        .as_str()
+        .context("no bulk_id")?
+        .to_owned();
     let limit = Duration::from_secs(600);
     let status_url = format!("{}/orders/bulk/{bulk_id}", system.base);
     let committed = wait_for("bulk completed", limit, || async {
-        let op: Value = http.get(&status_url).bearer_auth(&admin).send().await?.json().await?;
+        let op: Value = http
+            .get(&status_url)
+            .bearer_auth(&admin)
+            .send()
+            .await?
+            .json()
+            .await?;
         match op["status"].as_str() {
             Some("completed") => Ok(true),
             Some("failed" | "rejected" | "cancelled") => bail!("bulk ended {}", op),
@@ -226,7 +287,10 @@ async fn bench(common: &CommonConfig, args: &BenchArgs, db_url: &str, namespace:
     let check = sqlx::PgPool::connect(db_url).await?;
     let published = committed
         + wait_for("every event published", limit, || async {
-            let left: i64 = sqlx::query_scalar("select count(*) from outbox where published_at is null").fetch_one(&check).await?;
+            let left: i64 =
+                sqlx::query_scalar("select count(*) from outbox where published_at is null")
+                    .fetch_one(&check)
+                    .await?;
             Ok(left == 0)
         })
         .await?;
@@ -235,18 +299,31 @@ async fn bench(common: &CommonConfig, args: &BenchArgs, db_url: &str, namespace:
     let (mut latencies, errors) = driver.1.await?;
     latencies.sort();
 
-    let applied: i64 = sqlx::query_scalar("select applied::bigint from bulk_operations where id = $1::uuid")
-        .bind(&bulk_id)
-        .fetch_one(&check)
-        .await?;
-    let history: i64 = sqlx::query_scalar("select count(*) from order_status_history where bulk_id = $1::uuid")
-        .bind(&bulk_id)
-        .fetch_one(&check)
-        .await?;
+    let applied: i64 =
+        sqlx::query_scalar("select applied::bigint from bulk_operations where id = $1::uuid")
+            .bind(&bulk_id)
+            .fetch_one(&check)
+            .await?;
+    let history: i64 =
+        sqlx::query_scalar("select count(*) from order_status_history where bulk_id = $1::uuid")
+            .bind(&bulk_id)
+            .fetch_one(&check)
+            .await?;
     let per_sec = |d: Duration| applied as f64 / d.as_secs_f64();
-    println!("bulk of {} orders: applied {applied}, history rows {history}", args.orders);
-    println!("  committed in {:.2?} ({:.0} orders/s)", committed, per_sec(committed));
-    println!("  published in {:.2?} ({:.0} orders/s)", published, per_sec(published));
+    println!(
+        "bulk of {} orders: applied {applied}, history rows {history}",
+        args.orders
+    );
+    println!(
+        "  committed in {:.2?} ({:.0} orders/s)",
+        committed,
+        per_sec(committed)
+    );
+    println!(
+        "  published in {:.2?} ({:.0} orders/s)",
+        published,
+        per_sec(published)
+    );
     println!(
         "single changes during the bulk: {} ok, {errors} failed; p50 {:.1?}, p99 {:.1?}, max {:.1?}",
         latencies.len(),

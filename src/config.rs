@@ -13,7 +13,11 @@ pub const DEV_JWT_SECRET: &str = "orderflow-dev-secret-change-me";
 #[derive(Args, Debug, Clone)]
 pub struct CommonConfig {
     /// Postgres connection URL.
-    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@localhost/orderflow")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@localhost/orderflow"
+    )]
     pub database_url: String,
 
     /// Most Postgres connections this process opens.
@@ -21,7 +25,11 @@ pub struct CommonConfig {
     pub database_max_connections: u32,
 
     /// RabbitMQ connection URL.
-    #[arg(long, env = "AMQP_URL", default_value = "amqp://guest:guest@localhost:5672/%2f")]
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@localhost:5672/%2f"
+    )]
     pub amqp_url: String,
 
     /// Prefix on every exchange and queue name, so several deployments (or tests) can share

@@ -5,7 +5,7 @@
 use crate::domain::{Actor, OrderStatus};
 use crate::store::orders::Order;
 use chrono::Utc;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use uuid::Uuid;
 
 pub const ORDER_CREATED: &str = "order.created";
@@ -37,7 +37,10 @@ impl NewEvent {
     pub fn order(order: &Order, change: &Change<'_>) -> Self {
         let (event_type, routing_key) = match change.from {
             None => (ORDER_CREATED, ORDER_CREATED.to_owned()),
-            Some(_) => (ORDER_STATUS_CHANGED, format!("order.status.{}", order.status)),
+            Some(_) => (
+                ORDER_STATUS_CHANGED,
+                format!("order.status.{}", order.status),
+            ),
         };
         NewEvent {
             order_id: Some(order.id),
@@ -110,10 +113,19 @@ impl Event {
     }
 
     fn from_value(seq: i64, routing_key: String, value: &Value) -> Self {
-        let uuid = |k: &str| value.get(k).and_then(Value::as_str).and_then(|s| s.parse().ok());
+        let uuid = |k: &str| {
+            value
+                .get(k)
+                .and_then(Value::as_str)
+                .and_then(|s| s.parse().ok())
+        };
         Event {
             seq,
-            event_type: value.get("type").and_then(Value::as_str).unwrap_or("unknown").to_owned(),
+            event_type: value
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or("unknown")
+                .to_owned(),
             routing_key,
             order_id: uuid("order_id"),
             customer_id: uuid("customer_id"),

@@ -3,7 +3,10 @@
 use clap::{Parser, Subcommand};
 use orderflow::app::{self, AllConfig};
 use orderflow::auth::Keys;
-use orderflow::config::{BridgeConfig, CommonConfig, HttpConfig, IngressConfig, RelayConfig, WorkerConfig, DEV_JWT_SECRET};
+use orderflow::config::{
+    BridgeConfig, CommonConfig, DEV_JWT_SECRET, HttpConfig, IngressConfig, RelayConfig,
+    WorkerConfig,
+};
 use orderflow::domain::{Actor, Role};
 use std::time::Duration;
 use uuid::Uuid;
@@ -85,7 +88,9 @@ enum BenchKind {
 fn parse_ttl(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = digits.parse().map_err(|_| format!("`{s}`: expected a number with an optional unit s, m, h or d"))?;
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{s}`: expected a number with an optional unit s, m, h or d"))?;
     let secs = match unit {
         "" | "s" => n,
         "m" => n * 60,
@@ -99,18 +104,49 @@ fn parse_ttl(s: &str) -> Result<Duration, String> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Command::Token { role, sub, ttl, jwt_secret } = cli.command {
-        let actor = Actor { id: sub.unwrap_or_else(Uuid::new_v4), role };
+    if let Command::Token {
+        role,
+        sub,
+        ttl,
+        jwt_secret,
+    } = cli.command
+    {
+        let actor = Actor {
+            id: sub.unwrap_or_else(Uuid::new_v4),
+            role,
+        };
         println!("{}", Keys::new(&jwt_secret).mint(actor, ttl));
         return Ok(());
     }
     orderflow::telemetry::init();
     let shutdown = orderflow::shutdown::on_signal();
     match cli.command {
-        Command::All { common, http, ingress, worker, relay, bridge } => {
-            app::run_all(AllConfig { common, http, ingress, worker, relay, bridge }, shutdown).await
+        Command::All {
+            common,
+            http,
+            ingress,
+            worker,
+            relay,
+            bridge,
+        } => {
+            app::run_all(
+                AllConfig {
+                    common,
+                    http,
+                    ingress,
+                    worker,
+                    relay,
+                    bridge,
+                },
+                shutdown,
+            )
+            .await
         }
-        Command::Serve { common, http, ingress } => app::run_ingress(common, http, ingress, shutdown).await,
+        Command::Serve {
+            common,
+            http,
+            ingress,
+        } => app::run_ingress(common, http, ingress, shutdown).await,
         Command::Migrate { common } => {
             orderflow::store::db::create_if_missing(&common).await?;
             let pool = orderflow::store::db::connect(&common).await?;
@@ -118,7 +154,9 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!("migrations applied");
             Ok(())
         }
-        Command::Bench { which: BenchKind::Bulk { common, args } } => orderflow::bench::run(common, args).await,
+        Command::Bench {
+            which: BenchKind::Bulk { common, args },
+        } => orderflow::bench::run(common, args).await,
         Command::Token { .. } => unreachable!("handled above"),
     }
 }

@@ -10,8 +10,9 @@ pub fn on_signal() -> CancellationToken {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("installing the SIGTERM handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("installing the SIGTERM handler");
             tokio::select! {
                 _ = ctrl_c => {},
                 _ = term.recv() => {},
@@ -32,7 +33,10 @@ pub fn watchdog(token: &CancellationToken, deadline: std::time::Duration) {
     tokio::spawn(async move {
         token.cancelled().await;
         tokio::time::sleep(deadline).await;
-        tracing::error!(?deadline, "shutdown deadline passed with work unfinished; exiting");
+        tracing::error!(
+            ?deadline,
+            "shutdown deadline passed with work unfinished; exiting"
+        );
         std::process::exit(1);
     });
 }

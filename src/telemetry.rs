@@ -1,7 +1,7 @@
 //! Logging: pretty on a terminal, JSON lines otherwise (or as `LOG_FORMAT` says).
 
 use std::io::IsTerminal;
-use tracing_subscriber::{fmt, EnvFilter};
+use tracing_subscriber::{EnvFilter, fmt};
 
 pub fn init() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));

@@ -899,7 +899,8 @@ async fn order_confirmed_before_its_sku_was_tracked_cancels_without_touching_sto
     }
     let sku = format!("LATE-{}", &Uuid::new_v4().simple().to_string()[..8]);
     let late = order_with(&sys, &ctok, one_of(&sku)).await;
-    sys.apply(&atok, late, &json!({"action": "mark_paid"})).await;
+    sys.apply(&atok, late, &json!({"action": "mark_paid"}))
+        .await;
     sys.apply(&atok, late, &json!({"action": "confirm"})).await;
     sys.set_inventory(&atok, &sku, 5).await;
     selected.push(late);
@@ -912,10 +913,21 @@ async fn order_confirmed_before_its_sku_was_tracked_cancels_without_touching_sto
     .await;
     let bulk = wait_bulk(&sys, &atok, bulk_id, JOB_DEADLINE).await;
     assert_counters_consistent(&bulk);
-    assert_eq!((n(&bulk, "applied"), bulk["status"].as_str()), (5, Some("completed")), "{bulk}");
+    assert_eq!(
+        (n(&bulk, "applied"), bulk["status"].as_str()),
+        (5, Some("completed")),
+        "{bulk}"
+    );
     let states = order_states(&sys, &selected).await;
-    assert!(states.values().all(|(s, _, _)| s == "cancelled"), "{states:?}");
-    assert_eq!(stock(&sys, &sku).await, (5, 0), "nothing was reserved for the late order, so nothing is released");
+    assert!(
+        states.values().all(|(s, _, _)| s == "cancelled"),
+        "{states:?}"
+    );
+    assert_eq!(
+        stock(&sys, &sku).await,
+        (5, 0),
+        "nothing was reserved for the late order, so nothing is released"
+    );
     sys.stop().await;
 }
 
@@ -952,12 +964,24 @@ async fn one_unwritable_order_does_not_stop_a_best_effort_bulk() {
     let rows = results_json(&sys, &atok, bulk_id).await;
     for row in &rows {
         let id: Uuid = row["order_id"].as_str().unwrap().parse().unwrap();
-        let want = if id == poisoned { ("failed", Some("apply_failed")) } else { ("applied", None) };
-        assert_eq!((row["outcome"].as_str().unwrap(), row["code"].as_str()), want, "{row}");
+        let want = if id == poisoned {
+            ("failed", Some("apply_failed"))
+        } else {
+            ("applied", None)
+        };
+        assert_eq!(
+            (row["outcome"].as_str().unwrap(), row["code"].as_str()),
+            want,
+            "{row}"
+        );
     }
     let states = order_states(&sys, &selected).await;
     for (id, (_, payment, version)) in &states {
-        let want = if *id == poisoned { ("unpaid", 1) } else { ("paid", 2) };
+        let want = if *id == poisoned {
+            ("unpaid", 1)
+        } else {
+            ("paid", 2)
+        };
         assert_eq!((payment.as_str(), *version), want, "order {id}");
     }
     sys.stop().await;

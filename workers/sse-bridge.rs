@@ -20,5 +20,11 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     orderflow::telemetry::init();
-    orderflow::app::run_bridge(args.common, args.http, args.bridge, orderflow::shutdown::on_signal()).await
+    orderflow::app::run_bridge(
+        args.common,
+        args.http,
+        args.bridge,
+        orderflow::shutdown::on_signal(),
+    )
+    .await
 }

@@ -20,16 +20,23 @@ use tokio_util::sync::CancellationToken;
 pub async fn connect(url: &str, role: &str) -> anyhow::Result<Connection> {
     let props = ConnectionProperties::default()
         .with_connection_name(format!("orderflow-{role}-{}", std::process::id()).into());
-    Connection::connect(url, props)
-        .await
-        .with_context(|| format!("connecting to RabbitMQ at {}", crate::store::db::redact(url)))
+    Connection::connect(url, props).await.with_context(|| {
+        format!(
+            "connecting to RabbitMQ at {}",
+            crate::store::db::redact(url)
+        )
+    })
 }
 
 /// Run `session` until it returns Ok (it saw `shutdown`) or `shutdown` fires, starting it
 /// again after every failure: exponential backoff with jitter, capped at `max_delay`, and
 /// reset once a session has lived long enough to count as recovered.
-pub async fn supervise<F, Fut>(role: &str, shutdown: &CancellationToken, max_delay: Duration, mut session: F)
-where
+pub async fn supervise<F, Fut>(
+    role: &str,
+    shutdown: &CancellationToken,
+    max_delay: Duration,
+    mut session: F,
+) where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
@@ -38,7 +45,10 @@ where
         let started = Instant::now();
         match session().await {
             Ok(()) => return,
-            Err(e) => tracing::warn!(error = format!("{e:#}"), "{role} session ended; starting over"),
+            Err(e) => tracing::warn!(
+                error = format!("{e:#}"),
+                "{role} session ended; starting over"
+            ),
         }
         if started.elapsed() > Duration::from_secs(30) {
             delays = reconnect_delays();

@@ -1,13 +1,13 @@
 //! Publishing with publisher confirms. A job is accepted only once the broker confirmed
 //! it; an event is marked published only once the broker confirmed it.
 
-use super::{connect, topology, Names};
+use super::{Names, connect, topology};
 use crate::domain::Actor;
 use crate::event::Event;
 use crate::job::JobMessage;
 use futures::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::Confirmation;
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection};
 use std::collections::HashMap;
@@ -46,7 +46,9 @@ fn check(confirmation: Confirmation, target: &str) -> Result<(), PublishError> {
         Confirmation::Ack(None) => Ok(()),
         Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable(target.to_owned())),
         Confirmation::Nack(_) => Err(PublishError::Nacked),
-        Confirmation::NotRequested => Err(PublishError::Unavailable("channel not in confirm mode".into())),
+        Confirmation::NotRequested => Err(PublishError::Unavailable(
+            "channel not in confirm mode".into(),
+        )),
     }
 }
 
@@ -78,14 +80,19 @@ pub struct ReplyWaiter {
 impl ReplyWaiter {
     /// Wait up to `limit` for the worker's reply. True if it came.
     pub async fn wait(mut self, limit: Duration) -> bool {
-        let Some(rx) = self.rx.take() else { return false };
+        let Some(rx) = self.rx.take() else {
+            return false;
+        };
         matches!(tokio::time::timeout(limit, rx).await, Ok(Ok(())))
     }
 }
 
 impl Drop for ReplyWaiter {
     fn drop(&mut self) {
-        self.waiters.lock().expect("waiters lock").remove(&self.job_id);
+        self.waiters
+            .lock()
+            .expect("waiters lock")
+            .remove(&self.job_id);
     }
 }
 
@@ -118,47 +125,78 @@ impl JobPublisher {
     }
 
     async fn open(&self) -> Result<Session, PublishError> {
-        let conn = connect(&self.url, "ingress").await.map_err(|e| PublishError::Unavailable(format!("{e:#}")))?;
+        let conn = connect(&self.url, "ingress")
+            .await
+            .map_err(|e| PublishError::Unavailable(format!("{e:#}")))?;
         let channel = conn.create_channel().await?;
         topology::declare(&channel, &self.names).await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         let mut replies = channel
             .basic_consume(
                 DIRECT_REPLY_TO.into(),
                 "".into(),
-                BasicConsumeOptions { no_ack: true, ..Default::default() },
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
                 FieldTable::default(),
             )
             .await?;
         let waiters = self.waiters.clone();
         tokio::spawn(async move {
             while let Some(Ok(delivery)) = replies.next().await {
-                let job_id = delivery.properties.correlation_id().as_ref().and_then(|c| c.as_str().parse().ok());
-                if let Some(tx) = job_id.and_then(|id: Uuid| waiters.lock().expect("waiters lock").remove(&id)) {
+                let job_id = delivery
+                    .properties
+                    .correlation_id()
+                    .as_ref()
+                    .and_then(|c| c.as_str().parse().ok());
+                if let Some(tx) =
+                    job_id.and_then(|id: Uuid| waiters.lock().expect("waiters lock").remove(&id))
+                {
                     let _ = tx.send(());
                 }
             }
         });
-        Ok(Session { _conn: conn, channel })
+        Ok(Session {
+            _conn: conn,
+            channel,
+        })
     }
 
     /// Register interest in a job's reply. Do this before publishing, so no reply is missed.
     pub fn expect_reply(&self, job_id: Uuid) -> ReplyWaiter {
         let (tx, rx) = oneshot::channel();
-        self.waiters.lock().expect("waiters lock").insert(job_id, tx);
-        ReplyWaiter { job_id, rx: Some(rx), waiters: self.waiters.clone() }
+        self.waiters
+            .lock()
+            .expect("waiters lock")
+            .insert(job_id, tx);
+        ReplyWaiter {
+            job_id,
+            rx: Some(rx),
+            waiters: self.waiters.clone(),
+        }
     }
 
     /// Publish a job and wait for the broker's confirm. With `reply`, the worker answers on
     /// direct reply-to once the job's outcome is committed. `customer_id` (the order's
     /// owner) lets workers apply per-customer rate limits.
-    pub async fn publish(&self, msg: &JobMessage, actor: &Actor, customer_id: Option<Uuid>, reply: bool) -> Result<(), PublishError> {
-        self.publish_to(&self.names.jobs, msg, actor, customer_id, reply).await
+    pub async fn publish(
+        &self,
+        msg: &JobMessage,
+        actor: &Actor,
+        customer_id: Option<Uuid>,
+        reply: bool,
+    ) -> Result<(), PublishError> {
+        self.publish_to(&self.names.jobs, msg, actor, customer_id, reply)
+            .await
     }
 
     /// Publish a bulk job to the bulk queue, confirmed like any job.
     pub async fn publish_bulk(&self, msg: &JobMessage, actor: &Actor) -> Result<(), PublishError> {
-        self.publish_to(&self.names.bulk, msg, actor, None, false).await
+        self.publish_to(&self.names.bulk, msg, actor, None, false)
+            .await
     }
 
     async fn publish_to(
@@ -172,9 +210,15 @@ impl JobPublisher {
         let session = self.session().await?;
         let body = serde_json::to_vec(msg).expect("job message serializes");
         let mut headers = FieldTable::default();
-        headers.insert("actor".into(), AMQPValue::LongString(format!("{}:{}", actor.role, actor.id).into()));
+        headers.insert(
+            "actor".into(),
+            AMQPValue::LongString(format!("{}:{}", actor.role, actor.id).into()),
+        );
         if let Some(customer_id) = customer_id {
-            headers.insert("customer_id".into(), AMQPValue::LongString(customer_id.to_string().into()));
+            headers.insert(
+                "customer_id".into(),
+                AMQPValue::LongString(customer_id.to_string().into()),
+            );
         }
         let mut props = BasicProperties::default()
             .with_message_id(msg.job_id.to_string().into())
@@ -190,7 +234,10 @@ impl JobPublisher {
                 .basic_publish(
                     "".into(),
                     queue.into(),
-                    BasicPublishOptions { mandatory: true, ..Default::default() },
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
                     &body,
                     props,
                 )
@@ -222,8 +269,13 @@ impl EventPublisher {
     pub async fn open(conn: &Connection, names: &Names) -> lapin::Result<Self> {
         let channel = conn.create_channel().await?;
         topology::declare(&channel, names).await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
-        Ok(EventPublisher { channel, exchange: names.events.clone() })
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(EventPublisher {
+            channel,
+            exchange: names.events.clone(),
+        })
     }
 
     /// Publish `events` in order and wait until the broker confirmed all of them.
@@ -232,10 +284,16 @@ impl EventPublisher {
         for e in events {
             let mut headers = FieldTable::default();
             if let Some(id) = e.order_id {
-                headers.insert("order_id".into(), AMQPValue::LongString(id.to_string().into()));
+                headers.insert(
+                    "order_id".into(),
+                    AMQPValue::LongString(id.to_string().into()),
+                );
             }
             if let Some(id) = e.customer_id {
-                headers.insert("customer_id".into(), AMQPValue::LongString(id.to_string().into()));
+                headers.insert(
+                    "customer_id".into(),
+                    AMQPValue::LongString(id.to_string().into()),
+                );
             }
             let props = BasicProperties::default()
                 .with_message_id(e.seq.to_string().into())

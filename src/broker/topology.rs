@@ -109,16 +109,28 @@ fn text(s: &str) -> AMQPValue {
 /// Declare the shared topology: the events exchange and the job queues. Safe to call
 /// from every process at every start.
 pub async fn declare(channel: &Channel, names: &Names) -> lapin::Result<()> {
-    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
     channel
         .exchange_declare(
             names.events.as_str().into(),
             ExchangeKind::Topic,
-            ExchangeDeclareOptions { durable: true, ..Default::default() },
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
             FieldTable::default(),
         )
         .await?;
-    channel.queue_declare(names.jobs_dead.as_str().into(), durable, FieldTable::default()).await?;
+    channel
+        .queue_declare(
+            names.jobs_dead.as_str().into(),
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
     for work_queue in [&names.jobs, &names.bulk] {
         channel
             .queue_declare(
@@ -126,7 +138,10 @@ pub async fn declare(channel: &Channel, names: &Names) -> lapin::Result<()> {
                 durable,
                 args(&[
                     ("x-queue-type", text("quorum")),
-                    ("x-delivery-limit", AMQPValue::LongInt(names.retry.delivery_limit as i32)),
+                    (
+                        "x-delivery-limit",
+                        AMQPValue::LongInt(names.retry.delivery_limit as i32),
+                    ),
                     ("x-dead-letter-exchange", text("")),
                     ("x-dead-letter-routing-key", text(&names.jobs_dead)),
                 ]),
@@ -134,7 +149,11 @@ pub async fn declare(channel: &Channel, names: &Names) -> lapin::Result<()> {
             .await?;
     }
     for attempt in names.retry.steps() {
-        let ttl = names.retry.delay_after(attempt).as_millis().min(i32::MAX as u128) as i32;
+        let ttl = names
+            .retry
+            .delay_after(attempt)
+            .as_millis()
+            .min(i32::MAX as u128) as i32;
         channel
             .queue_declare(
                 names.jobs_retry(attempt).as_str().into(),
@@ -158,13 +177,28 @@ mod tests {
     fn backoff_grows_fourfold_and_has_one_queue_per_step() {
         let names = Names::new(
             "ns.",
-            RetryPolicy { max_attempts: 4, base_delay: Duration::from_millis(500), delivery_limit: 20 },
+            RetryPolicy {
+                max_attempts: 4,
+                base_delay: Duration::from_millis(500),
+                delivery_limit: 20,
+            },
         );
-        let delays: Vec<u128> = names.retry.steps().map(|a| names.retry.delay_after(a).as_millis()).collect();
+        let delays: Vec<u128> = names
+            .retry
+            .steps()
+            .map(|a| names.retry.delay_after(a).as_millis())
+            .collect();
         assert_eq!(delays, vec![500, 2000, 8000]);
         assert_eq!(
             names.durable_queues(),
-            vec!["ns.orderflow.jobs", "ns.orderflow.jobs.dead", "ns.orderflow.bulk", "ns.orderflow.jobs.retry.1", "ns.orderflow.jobs.retry.2", "ns.orderflow.jobs.retry.3"]
+            vec![
+                "ns.orderflow.jobs",
+                "ns.orderflow.jobs.dead",
+                "ns.orderflow.bulk",
+                "ns.orderflow.jobs.retry.1",
+                "ns.orderflow.jobs.retry.2",
+                "ns.orderflow.jobs.retry.3"
+            ]
         );
     }
 }

@@ -1,6 +1,6 @@
 //! The actions a job can ask for. `{"to": status}` requests resolve to one of these.
 
-use super::status::{wire_name, UnknownName};
+use super::status::{UnknownName, wire_name};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;

@@ -24,10 +24,12 @@ pub enum Guard {
 impl Guard {
     fn check(self, ctx: &OrderContext<'_>, req: &ChangeRequest<'_>) -> Result<(), Rejection> {
         match self {
-            Guard::PaymentUnpaid if ctx.payment_status != PaymentStatus::Unpaid => Err(Rejection::new(
-                RejectCode::InvalidTransition,
-                format!("payment status is already `{}`", ctx.payment_status),
-            )),
+            Guard::PaymentUnpaid if ctx.payment_status != PaymentStatus::Unpaid => {
+                Err(Rejection::new(
+                    RejectCode::InvalidTransition,
+                    format!("payment status is already `{}`", ctx.payment_status),
+                ))
+            }
             Guard::PaymentPaid if ctx.payment_status != PaymentStatus::Paid => Err(Rejection::new(
                 RejectCode::PaymentRequired,
                 format!("payment status is `{}`, needs `paid`", ctx.payment_status),
@@ -39,10 +41,11 @@ impl Guard {
                 )),
                 None => Ok(()),
             },
-            Guard::TrackingNumber
-                if req.tracking_number.is_none_or(|t| t.trim().is_empty()) =>
-            {
-                Err(Rejection::new(RejectCode::MissingField, "`tracking_number` is required to ship"))
+            Guard::TrackingNumber if req.tracking_number.is_none_or(|t| t.trim().is_empty()) => {
+                Err(Rejection::new(
+                    RejectCode::MissingField,
+                    "`tracking_number` is required to ship",
+                ))
             }
             _ => Ok(()),
         }
@@ -195,10 +198,12 @@ impl OrderContext<'_> {
             let entry = wanted.entry(&line.sku).or_insert((0, line.available));
             entry.0 += line.quantity;
         }
-        wanted.into_iter().find_map(|(sku, (qty, available))| match available {
-            Some(available) if available < qty => Some((sku, qty, available)),
-            _ => None,
-        })
+        wanted
+            .into_iter()
+            .find_map(|(sku, (qty, available))| match available {
+                Some(available) if available < qty => Some((sku, qty, available)),
+                _ => None,
+            })
     }
 }
 
@@ -247,13 +252,19 @@ pub fn decide(
         ));
     }
     if actor.role == Role::Customer && actor.id != ctx.customer_id {
-        return Err(Rejection::new(RejectCode::NotOwner, "customers may act only on their own orders"));
+        return Err(Rejection::new(
+            RejectCode::NotOwner,
+            "customers may act only on their own orders",
+        ));
     }
     if let Some(expected) = req.expected_version {
         if expected != ctx.version {
             return Err(Rejection::new(
                 RejectCode::VersionConflict,
-                format!("expected version {expected}, order is at version {}", ctx.version),
+                format!(
+                    "expected version {expected}, order is at version {}",
+                    ctx.version
+                ),
             ));
         }
     }
@@ -266,7 +277,11 @@ pub fn decide(
     if actor.role == Role::Customer && !t.customer_from.contains(&ctx.status) {
         return Err(Rejection::new(
             RejectCode::NotOwner,
-            format!("customers may {} their orders only while {}", action, list(t.customer_from)),
+            format!(
+                "customers may {} their orders only while {}",
+                action,
+                list(t.customer_from)
+            ),
         ));
     }
     for guard in t.guards {
@@ -285,7 +300,13 @@ pub fn decide(
             Effect::ReleaseStock | Effect::ConsumeStock => {}
         }
     }
-    Ok(Decision { action, from: ctx.status, to: t.to.unwrap_or(ctx.status), payment_status, stock })
+    Ok(Decision {
+        action,
+        from: ctx.status,
+        to: t.to.unwrap_or(ctx.status),
+        payment_status,
+        stock,
+    })
 }
 
 /// The action that moves an order from `from` to `to` (for `{"to": status}` requests).
@@ -295,7 +316,10 @@ pub fn action_for_target(from: OrderStatus, to: OrderStatus) -> Result<Action, R
         .find(|t| t.to == Some(to) && t.from.contains(&from))
         .map(|t| t.action)
         .ok_or_else(|| {
-            Rejection::new(RejectCode::InvalidTransition, format!("no action leads from `{from}` to `{to}`"))
+            Rejection::new(
+                RejectCode::InvalidTransition,
+                format!("no action leads from `{from}` to `{to}`"),
+            )
         })
 }
 
@@ -318,7 +342,10 @@ pub struct ActionAvailability {
 /// fields are assumed present (they are listed under `requires`), so a blocker is always
 /// something about the order or the caller.
 pub fn valid_actions(ctx: &OrderContext<'_>, actor: &Actor) -> Vec<ActionAvailability> {
-    let assume = ChangeRequest { expected_version: None, tracking_number: Some("assumed") };
+    let assume = ChangeRequest {
+        expected_version: None,
+        tracking_number: Some("assumed"),
+    };
     TRANSITIONS
         .iter()
         .map(|t| {
@@ -351,7 +378,11 @@ pub fn valid_actions(ctx: &OrderContext<'_>, actor: &Actor) -> Vec<ActionAvailab
 }
 
 fn list(statuses: &[OrderStatus]) -> String {
-    statuses.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" or ")
+    statuses
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(" or ")
 }
 
 /// The table as a Mermaid `stateDiagram-v2`, for the documentation endpoint.
@@ -360,14 +391,21 @@ pub fn mermaid() -> String {
     for t in TRANSITIONS {
         for from in t.from {
             let to = t.to.unwrap_or(*from);
-            let roles = t.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ");
+            let roles = t
+                .roles
+                .iter()
+                .map(|r| r.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
             out.push_str(&format!("    {from} --> {to}: {} ({roles})\n", t.action));
         }
     }
     // Terminal statuses: no action leads anywhere else from them.
-    let terminal = OrderStatus::ALL
-        .into_iter()
-        .filter(|s| !TRANSITIONS.iter().any(|t| t.from.contains(s) && t.to.is_some_and(|to| to != *s)));
+    let terminal = OrderStatus::ALL.into_iter().filter(|s| {
+        !TRANSITIONS
+            .iter()
+            .any(|t| t.from.contains(s) && t.to.is_some_and(|to| to != *s))
+    });
     for s in terminal {
         out.push_str(&format!("    {s} --> [*]\n"));
     }

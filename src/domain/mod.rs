@@ -11,7 +11,7 @@ pub mod status;
 pub use action::Action;
 pub use machine::{
     ActionAvailability, ChangeRequest, Decision, Guard, OrderContext, StockEffect, StockLine,
-    Transition, TRANSITIONS,
+    TRANSITIONS, Transition,
 };
 pub use rejection::{RejectCode, Rejection};
 pub use role::{Actor, Role};

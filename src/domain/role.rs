@@ -1,6 +1,6 @@
 //! Who acts: the role decides which actions are possible at all, the id decides ownership.
 
-use super::status::{wire_name, UnknownName};
+use super::status::{UnknownName, wire_name};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;

@@ -49,8 +49,11 @@ pub enum PaymentStatus {
 }
 
 impl PaymentStatus {
-    pub const ALL: [PaymentStatus; 3] =
-        [PaymentStatus::Unpaid, PaymentStatus::Paid, PaymentStatus::Refunded];
+    pub const ALL: [PaymentStatus; 3] = [
+        PaymentStatus::Unpaid,
+        PaymentStatus::Paid,
+        PaymentStatus::Refunded,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -87,10 +90,13 @@ macro_rules! wire_name {
         impl FromStr for $ty {
             type Err = UnknownName;
             fn from_str(s: &str) -> Result<Self, Self::Err> {
-                Self::ALL.into_iter().find(|v| v.as_str() == s).ok_or_else(|| UnknownName {
-                    kind: $kind,
-                    value: s.to_owned(),
-                })
+                Self::ALL
+                    .into_iter()
+                    .find(|v| v.as_str() == s)
+                    .ok_or_else(|| UnknownName {
+                        kind: $kind,
+                        value: s.to_owned(),
+                    })
             }
         }
     };

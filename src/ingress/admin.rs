@@ -1,17 +1,17 @@
 //! Operating the job pipeline (admin only): list jobs by status, redrive dead ones.
 
+use super::IngressState;
 use super::error::ApiError;
 use super::extract::{Path, Query};
-use super::IngressState;
 use crate::domain::{Actor, RejectCode, Role};
 use crate::job::JobMessage;
 use crate::store::jobs::{self, JobView};
 use crate::store::orders;
+use axum::Router;
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
 use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
@@ -26,11 +26,22 @@ fn admin_only(actor: &Actor) -> Result<(), ApiError> {
     if actor.role == Role::Admin {
         Ok(())
     } else {
-        Err(ApiError::forbidden(RejectCode::ForbiddenRole, "only admins operate the job pipeline"))
+        Err(ApiError::forbidden(
+            RejectCode::ForbiddenRole,
+            "only admins operate the job pipeline",
+        ))
     }
 }
 
-const STATUSES: [&str; 7] = ["queued", "running", "succeeded", "rejected", "retrying", "dead", "cancelled"];
+const STATUSES: [&str; 7] = [
+    "queued",
+    "running",
+    "succeeded",
+    "rejected",
+    "retrying",
+    "dead",
+    "cancelled",
+];
 const MAX_PAGE: i64 = 200;
 
 #[derive(Deserialize)]
@@ -41,18 +52,33 @@ struct ListParams {
     cursor: Option<Uuid>,
 }
 
-async fn list(State(state): State<IngressState>, actor: Actor, Query(p): Query<ListParams>) -> Result<Response, ApiError> {
+async fn list(
+    State(state): State<IngressState>,
+    actor: Actor,
+    Query(p): Query<ListParams>,
+) -> Result<Response, ApiError> {
     admin_only(&actor)?;
     if let Some(s) = &p.status {
         if !STATUSES.contains(&s.as_str()) {
-            return Err(ApiError::BadRequest(format!("unknown status `{s}`; one of {}", STATUSES.join(", "))));
+            return Err(ApiError::BadRequest(format!(
+                "unknown status `{s}`; one of {}",
+                STATUSES.join(", ")
+            )));
         }
     }
     let limit = p.limit.unwrap_or(50);
     if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::BadRequest(format!("`limit` must be 1 to {MAX_PAGE}")));
+        return Err(ApiError::BadRequest(format!(
+            "`limit` must be 1 to {MAX_PAGE}"
+        )));
     }
-    let mut page = jobs::list(&mut *state.pool.acquire().await?, p.status.as_deref(), p.cursor, limit + 1).await?;
+    let mut page = jobs::list(
+        &mut *state.pool.acquire().await?,
+        p.status.as_deref(),
+        p.cursor,
+        limit + 1,
+    )
+    .await?;
     let next_cursor = (page.len() as i64 > limit).then(|| page[limit as usize - 1].id);
     page.truncate(limit as usize);
     let views: Vec<JobView> = page.into_iter().map(Into::into).collect();
@@ -60,28 +86,51 @@ async fn list(State(state): State<IngressState>, actor: Actor, Query(p): Query<L
 }
 
 /// Send a dead job through the queue once more, attempts reset.
-async fn retry(State(state): State<IngressState>, actor: Actor, Path(id): Path<Uuid>) -> Result<Response, ApiError> {
+async fn retry(
+    State(state): State<IngressState>,
+    actor: Actor,
+    Path(id): Path<Uuid>,
+) -> Result<Response, ApiError> {
     admin_only(&actor)?;
     let mut conn = state.pool.acquire().await?;
     let Some(job) = jobs::requeue_dead(&mut conn, id).await? else {
         return match jobs::get(&mut conn, id).await? {
             None => Err(ApiError::NotFound("job")),
-            Some(j) => Err(ApiError::Conflict("not_dead", format!("only dead jobs can be retried; this one is `{}`", j.status))),
+            Some(j) => Err(ApiError::Conflict(
+                "not_dead",
+                format!("only dead jobs can be retried; this one is `{}`", j.status),
+            )),
         };
     };
     let customer = match job.order_id {
-        Some(order_id) => orders::get(&mut conn, order_id).await?.map(|o| o.customer_id),
+        Some(order_id) => orders::get(&mut conn, order_id)
+            .await?
+            .map(|o| o.customer_id),
         None => None,
     };
     drop(conn);
-    let submitter = Actor { id: job.actor_id, role: job.actor_role };
-    if let Err(e) = state.publisher.publish(&JobMessage { job_id: id }, &submitter, customer, false).await {
+    let submitter = Actor {
+        id: job.actor_id,
+        role: job.actor_role,
+    };
+    if let Err(e) = state
+        .publisher
+        .publish(&JobMessage { job_id: id }, &submitter, customer, false)
+        .await
+    {
         let error = json!({ "code": "redrive_failed", "message": e.to_string() });
         jobs::back_to_dead(&mut *state.pool.acquire().await?, id, &error).await?;
         return Err(e.into());
     }
     tracing::info!(job_id = %id, by = %actor.id, "dead job redriven");
-    let mut response = (StatusCode::ACCEPTED, axum::Json(json!({ "job_id": id, "order_id": job.order_id, "status": "queued" }))).into_response();
-    response.headers_mut().insert(header::LOCATION, HeaderValue::from_str(&format!("/jobs/{id}")).expect("uuid header"));
+    let mut response = (
+        StatusCode::ACCEPTED,
+        axum::Json(json!({ "job_id": id, "order_id": job.order_id, "status": "queued" })),
+    )
+        .into_response();
+    response.headers_mut().insert(
+        header::LOCATION,
+        HeaderValue::from_str(&format!("/jobs/{id}")).expect("uuid header"),
+    );
     Ok(response)
 }

@@ -1,8 +1,8 @@
 //! The state machine, documented by the table itself: JSON or a Mermaid diagram.
 
+use super::IngressState;
 use super::error::ApiError;
 use super::extract::Query;
-use super::IngressState;
 use crate::domain::{OrderStatus, PaymentStatus, RejectCode, Role, TRANSITIONS};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -40,8 +40,13 @@ async fn documentation(Query(p): Query<DocParams>) -> Result<Response, ApiError>
             })).collect::<Vec<_>>(),
         }))
         .into_response()),
-        Some("mermaid") => Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], crate::domain::machine::mermaid()).into_response()),
-        Some(other) => Err(ApiError::BadRequest(format!("unknown format `{other}`; use json or mermaid"))),
+        Some("mermaid") => Ok((
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            crate::domain::machine::mermaid(),
+        )
+            .into_response()),
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "unknown format `{other}`; use json or mermaid"
+        ))),
     }
 }
-

@@ -3,10 +3,10 @@
 
 use crate::broker::publisher::PublishError;
 use crate::domain::{RejectCode, Rejection};
+use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -85,11 +85,15 @@ impl IntoResponse for ApiError {
         let mut response = (status, Json(body)).into_response();
         match self {
             ApiError::Unavailable(_) => {
-                response.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+                response
+                    .headers_mut()
+                    .insert("retry-after", HeaderValue::from_static("1"));
             }
             ApiError::RateLimited(wait) => {
                 let secs = (wait.as_secs_f64().ceil() as u64).max(1);
-                response.headers_mut().insert("retry-after", HeaderValue::from(secs));
+                response
+                    .headers_mut()
+                    .insert("retry-after", HeaderValue::from(secs));
             }
             _ => {}
         }
@@ -116,7 +120,9 @@ impl From<PublishError> for ApiError {
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         match r {
-            JsonRejection::BytesRejection(b) if b.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+            JsonRejection::BytesRejection(b) if b.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                ApiError::PayloadTooLarge
+            }
             other => ApiError::BadRequest(other.body_text()),
         }
     }

@@ -20,13 +20,21 @@ struct Deps {
 /// Health routes; `publisher` is checked when this process publishes jobs.
 pub fn router(pool: PgPool, publisher: Option<Arc<JobPublisher>>) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
+        .route(
+            "/healthz",
+            get(|| async { Json(json!({ "status": "ok" })) }),
+        )
         .route("/readyz", get(ready))
         .with_state(Deps { pool, publisher })
 }
 
 async fn ready(State(deps): State<Deps>) -> impl IntoResponse {
-    let database = match tokio::time::timeout(Duration::from_secs(2), sqlx::query("select 1").execute(&deps.pool)).await {
+    let database = match tokio::time::timeout(
+        Duration::from_secs(2),
+        sqlx::query("select 1").execute(&deps.pool),
+    )
+    .await
+    {
         Ok(Ok(_)) => "ok".to_owned(),
         Ok(Err(e)) => format!("unavailable: {e}"),
         Err(_) => "unavailable: no answer within 2s".to_owned(),
@@ -39,6 +47,13 @@ async fn ready(State(deps): State<Deps>) -> impl IntoResponse {
         },
     };
     let ready = database == "ok" && !broker.starts_with("unavailable");
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json!({ "ready": ready, "database": database, "broker": broker })))
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({ "ready": ready, "database": database, "broker": broker })),
+    )
 }

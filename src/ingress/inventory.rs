@@ -1,13 +1,13 @@
 //! Stock levels per sku (admin and system write; support may read).
 
+use super::IngressState;
 use super::error::ApiError;
 use super::extract::{Json, Path};
-use super::IngressState;
 use crate::domain::{Actor, RejectCode, Role};
 use crate::store::inventory;
+use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
-use axum::Router;
 use serde::Deserialize;
 
 pub fn router() -> Router<IngressState> {
@@ -27,29 +27,46 @@ async fn write(
     Json(body): Json<SetStock>,
 ) -> Result<axum::Json<inventory::Stock>, ApiError> {
     if !matches!(actor.role, Role::Admin | Role::System) {
-        return Err(ApiError::forbidden(RejectCode::ForbiddenRole, "only admin and system may set stock"));
+        return Err(ApiError::forbidden(
+            RejectCode::ForbiddenRole,
+            "only admin and system may set stock",
+        ));
     }
     if sku.is_empty() || sku.len() > 64 {
         return Err(ApiError::BadRequest("sku is 1 to 64 characters".into()));
     }
     if body.on_hand < 0 {
-        return Err(ApiError::BadRequest("`on_hand` must not be negative".into()));
+        return Err(ApiError::BadRequest(
+            "`on_hand` must not be negative".into(),
+        ));
     }
     let mut conn = state.pool.acquire().await?;
     match inventory::set_on_hand(&mut conn, &sku, body.on_hand).await {
         Ok(stock) => Ok(axum::Json(stock)),
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23514") => Err(ApiError::Conflict(
-            "below_reserved",
-            "`on_hand` cannot go below what confirmed orders have reserved".into(),
-        )),
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23514") => {
+            Err(ApiError::Conflict(
+                "below_reserved",
+                "`on_hand` cannot go below what confirmed orders have reserved".into(),
+            ))
+        }
         Err(e) => Err(e.into()),
     }
 }
 
-async fn read(State(state): State<IngressState>, actor: Actor, Path(sku): Path<String>) -> Result<axum::Json<inventory::Stock>, ApiError> {
+async fn read(
+    State(state): State<IngressState>,
+    actor: Actor,
+    Path(sku): Path<String>,
+) -> Result<axum::Json<inventory::Stock>, ApiError> {
     if actor.role == Role::Customer {
-        return Err(ApiError::forbidden(RejectCode::ForbiddenRole, "customers may not read stock levels"));
+        return Err(ApiError::forbidden(
+            RejectCode::ForbiddenRole,
+            "customers may not read stock levels",
+        ));
     }
     let mut conn = state.pool.acquire().await?;
-    inventory::get(&mut conn, &sku).await?.map(axum::Json).ok_or(ApiError::NotFound("stock-tracked sku"))
+    inventory::get(&mut conn, &sku)
+        .await?
+        .map(axum::Json)
+        .ok_or(ApiError::NotFound("stock-tracked sku"))
 }

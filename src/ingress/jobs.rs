@@ -1,27 +1,37 @@
 //! Job status: owner, support and admin may read; anyone else gets 404.
 
+use super::IngressState;
 use super::error::ApiError;
 use super::extract::Path;
-use super::IngressState;
 use crate::domain::Actor;
 use crate::store::jobs::{self, JobView};
 use crate::store::orders;
+use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
-use axum::Router;
 use uuid::Uuid;
 
 pub fn router() -> Router<IngressState> {
     Router::new().route("/jobs/{id}", get(read))
 }
 
-async fn read(State(state): State<IngressState>, actor: Actor, Path(id): Path<Uuid>) -> Result<axum::Json<JobView>, ApiError> {
+async fn read(
+    State(state): State<IngressState>,
+    actor: Actor,
+    Path(id): Path<Uuid>,
+) -> Result<axum::Json<JobView>, ApiError> {
     let mut conn = state.pool.acquire().await?;
-    let job = jobs::get(&mut conn, id).await?.ok_or(ApiError::NotFound("job"))?;
-    let visible = actor.role.sees_all_orders() || job.actor_id == actor.id || match job.order_id {
-        Some(order_id) => orders::get(&mut conn, order_id).await?.is_some_and(|o| o.customer_id == actor.id),
-        None => false,
-    };
+    let job = jobs::get(&mut conn, id)
+        .await?
+        .ok_or(ApiError::NotFound("job"))?;
+    let visible = actor.role.sees_all_orders()
+        || job.actor_id == actor.id
+        || match job.order_id {
+            Some(order_id) => orders::get(&mut conn, order_id)
+                .await?
+                .is_some_and(|o| o.customer_id == actor.id),
+            None => false,
+        };
     if !visible {
         return Err(ApiError::NotFound("job"));
     }

@@ -1,8 +1,8 @@
 //! Ingress rate limits (governor): per authenticated actor, else per client IP. A caller
 //! over its limit gets 429 with `Retry-After`, and nothing of its request is done.
 
-use super::error::ApiError;
 use super::IngressState;
+use super::error::ApiError;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -26,12 +26,17 @@ struct Inner {
 fn keyed<K: std::hash::Hash + Eq + Clone>(per_sec: u32) -> Option<DefaultKeyedRateLimiter<K>> {
     let rate = NonZeroU32::new(per_sec)?;
     let burst = NonZeroU32::new(per_sec.saturating_mul(2)).expect("non-zero");
-    Some(RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)))
+    Some(RateLimiter::keyed(
+        Quota::per_second(rate).allow_burst(burst),
+    ))
 }
 
 impl Limits {
     pub fn new(per_actor: u32, per_ip: u32) -> Self {
-        Limits(Arc::new(Inner { per_actor: keyed(per_actor), per_ip: keyed(per_ip) }))
+        Limits(Arc::new(Inner {
+            per_actor: keyed(per_actor),
+            per_ip: keyed(per_ip),
+        }))
     }
 
     /// Ok, or how long the caller should wait.
@@ -60,10 +65,17 @@ impl Limits {
 }
 
 /// axum middleware: rate limit by the bearer token's actor when it verifies, else by IP.
-pub async fn middleware(State(state): State<IngressState>, request: Request, next: Next) -> Response {
+pub async fn middleware(
+    State(state): State<IngressState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let token = crate::auth::bearer(request.headers());
     let actor = token.and_then(|t| state.keys.verify(&t).ok()).map(|a| a.id);
-    let ip = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let ip = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
     match state.limits.check(actor, ip) {
         Ok(()) => next.run(request).await,
         Err(wait) => ApiError::RateLimited(wait).into_response(),

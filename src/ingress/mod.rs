@@ -2,6 +2,8 @@
 //! what a request owns (an order at creation, a job row) and leaves every change of an
 //! existing order to the workers, through the queue.
 
+pub mod admin;
+pub mod bulk;
 pub mod docs;
 pub mod error;
 pub mod extract;
@@ -10,8 +12,6 @@ pub mod inventory;
 pub mod jobs;
 pub mod limits;
 pub mod orders;
-pub mod admin;
-pub mod bulk;
 
 use crate::auth::{HasKeys, Keys};
 use crate::broker::publisher::JobPublisher;
@@ -44,7 +44,12 @@ pub fn router(state: IngressState) -> Router {
         .merge(jobs::router())
         .merge(docs::router())
         .merge(admin::router())
-        .merge(bulk::router().layer(axum::extract::DefaultBodyLimit::max(state.cfg.bulk_body_limit_bytes)))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), limits::middleware))
+        .merge(bulk::router().layer(axum::extract::DefaultBodyLimit::max(
+            state.cfg.bulk_body_limit_bytes,
+        )))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::middleware,
+        ))
         .with_state(state)
 }

@@ -11,8 +11,8 @@ use crate::broker::{self, Names};
 use crate::config::RelayConfig;
 use crate::store::outbox;
 use anyhow::Context;
-use sqlx::postgres::PgListener;
 use sqlx::pool::PoolConnection;
+use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool, Postgres};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -34,21 +34,39 @@ pub enum Round {
 
 /// Run the relay until `shutdown`: wait to become active, then publish; start over after
 /// losing the database or the broker.
-pub async fn run(pool: PgPool, amqp_url: String, names: Names, cfg: RelayConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    pool: PgPool,
+    amqp_url: String,
+    names: Names,
+    cfg: RelayConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     // A standby must be back to polling for the lock quickly, whatever ended its session:
     // takeover time is bounded by this cap, not by the broker's backoff.
     let cap = Duration::from_millis(500);
-    broker::supervise("outbox relay", &shutdown, cap, || session(&pool, &amqp_url, &names, &cfg, &shutdown)).await;
+    broker::supervise("outbox relay", &shutdown, cap, || {
+        session(&pool, &amqp_url, &names, &cfg, &shutdown)
+    })
+    .await;
     Ok(())
 }
 
 /// Wait until this process holds the relay lock (or shutdown). The lock lives as long as
 /// the returned connection.
-async fn become_active(pool: &PgPool, shutdown: &CancellationToken) -> anyhow::Result<Option<PoolConnection<Postgres>>> {
-    let mut conn = pool.acquire().await.context("acquiring the relay lock connection")?;
+async fn become_active(
+    pool: &PgPool,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<PoolConnection<Postgres>>> {
+    let mut conn = pool
+        .acquire()
+        .await
+        .context("acquiring the relay lock connection")?;
     let mut waiting_logged = false;
     loop {
-        let locked: bool = sqlx::query_scalar("select pg_try_advisory_lock($1)").bind(RELAY_LOCK).fetch_one(&mut *conn).await?;
+        let locked: bool = sqlx::query_scalar("select pg_try_advisory_lock($1)")
+            .bind(RELAY_LOCK)
+            .fetch_one(&mut *conn)
+            .await?;
         if locked {
             // Never hand this session back to the pool: closing it is what frees the lock.
             return Ok(Some(conn));
@@ -64,8 +82,16 @@ async fn become_active(pool: &PgPool, shutdown: &CancellationToken) -> anyhow::R
     }
 }
 
-async fn session(pool: &PgPool, url: &str, names: &Names, cfg: &RelayConfig, shutdown: &CancellationToken) -> anyhow::Result<()> {
-    let Some(lock) = become_active(pool, shutdown).await? else { return Ok(()) };
+async fn session(
+    pool: &PgPool,
+    url: &str,
+    names: &Names,
+    cfg: &RelayConfig,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let Some(lock) = become_active(pool, shutdown).await? else {
+        return Ok(());
+    };
     let mut lock = lock.detach();
     tracing::info!("outbox relay active");
     let result = publish_loop(pool, &mut lock, url, names, cfg, shutdown).await;
@@ -74,15 +100,27 @@ async fn session(pool: &PgPool, url: &str, names: &Names, cfg: &RelayConfig, shu
     result
 }
 
-async fn publish_loop(pool: &PgPool, lock: &mut PgConnection, url: &str, names: &Names, cfg: &RelayConfig, shutdown: &CancellationToken) -> anyhow::Result<()> {
-    let mut listener = PgListener::connect_with(pool).await.context("connecting the NOTIFY listener")?;
+async fn publish_loop(
+    pool: &PgPool,
+    lock: &mut PgConnection,
+    url: &str,
+    names: &Names,
+    cfg: &RelayConfig,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let mut listener = PgListener::connect_with(pool)
+        .await
+        .context("connecting the NOTIFY listener")?;
     listener.listen(OUTBOX_CHANNEL).await?;
     let conn = broker::connect(url, "outbox-relay").await?;
     let publisher = EventPublisher::open(&conn, names).await?;
     let poll = Duration::from_millis(cfg.relay_poll_ms);
     loop {
         // The lock's session must still be alive, or a standby may have taken over.
-        sqlx::query("select 1").execute(&mut *lock).await.context("relay lock session lost")?;
+        sqlx::query("select 1")
+            .execute(&mut *lock)
+            .await
+            .context("relay lock session lost")?;
         // Drain: publish until a round finds nothing.
         while let Round::Published(n) = round(pool, &publisher, cfg.relay_batch_size).await? {
             tracing::debug!(events = n, "published");
@@ -114,7 +152,10 @@ pub async fn round(pool: &PgPool, publisher: &EventPublisher, batch: i64) -> any
         }
         pending = outbox::unpublished(&mut conn, batch).await?;
     }
-    publisher.publish_all(&pending).await.context("publishing events")?;
+    publisher
+        .publish_all(&pending)
+        .await
+        .context("publishing events")?;
     let seqs: Vec<i64> = pending.iter().map(|e| e.seq).collect();
     outbox::mark_published(&mut conn, &seqs).await?;
     Ok(Round::Published(pending.len()))

@@ -22,7 +22,14 @@ struct Ring {
 impl Hub {
     pub fn new(capacity: usize, broadcast_capacity: usize) -> Self {
         let (tx, _) = broadcast::channel(broadcast_capacity.max(16));
-        Hub { inner: RwLock::new(Ring { events: VecDeque::with_capacity(capacity.min(1 << 16)), capacity, head: 0 }), tx }
+        Hub {
+            inner: RwLock::new(Ring {
+                events: VecDeque::with_capacity(capacity.min(1 << 16)),
+                capacity,
+                head: 0,
+            }),
+            tx,
+        }
     }
 
     /// Highest seq the hub has seen.
@@ -73,8 +80,12 @@ impl Hub {
         }
         // Seqs in the ring are increasing but not necessarily contiguous (a gap the bridge
         // missed while reconnecting); a range with a hole must come from the database.
-        let wanted: Vec<Arc<Event>> =
-            ring.events.iter().filter(|e| e.seq > after && e.seq < before).cloned().collect();
+        let wanted: Vec<Arc<Event>> = ring
+            .events
+            .iter()
+            .filter(|e| e.seq > after && e.seq < before)
+            .cloned()
+            .collect();
         let expected = (before - after - 1).max(0) as usize;
         (wanted.len() == expected).then_some(wanted)
     }
@@ -85,7 +96,11 @@ mod tests {
     use super::*;
 
     fn ev(seq: i64) -> Event {
-        Event::sequenced(seq, "order.created".into(), serde_json::json!({ "type": "order.created" }))
+        Event::sequenced(
+            seq,
+            "order.created".into(),
+            serde_json::json!({ "type": "order.created" }),
+        )
     }
 
     #[test]
@@ -97,10 +112,16 @@ mod tests {
             assert!(hub.publish(ev(s)));
         }
         assert_eq!(hub.head(), 5);
-        assert!(hub.range(0, 6).is_none(), "seq 1 and 2 fell out of the ring");
+        assert!(
+            hub.range(0, 6).is_none(),
+            "seq 1 and 2 fell out of the ring"
+        );
         let got: Vec<i64> = hub.range(2, 6).unwrap().iter().map(|e| e.seq).collect();
         assert_eq!(got, vec![3, 4, 5]);
-        assert!(hub.range(2, 8).is_none(), "seq 6 and 7 are sequenced but not seen yet");
+        assert!(
+            hub.range(2, 8).is_none(),
+            "seq 6 and 7 are sequenced but not seen yet"
+        );
     }
 
     #[test]

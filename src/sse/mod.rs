@@ -15,8 +15,8 @@ use crate::ingress::error::ApiError;
 use anyhow::Context;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
-use axum::response::sse::{KeepAlive, Sse};
 use axum::response::IntoResponse;
+use axum::response::sse::{KeepAlive, Sse};
 use axum::routing::get;
 use axum::{Json, Router};
 use futures::StreamExt;
@@ -26,8 +26,8 @@ use lapin::types::FieldTable;
 use serde::Deserialize;
 use serde_json::json;
 use sqlx::PgPool;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -43,7 +43,10 @@ pub struct Stats {
 }
 
 fn role_index(role: Role) -> usize {
-    Role::ALL.iter().position(|r| *r == role).expect("role in ALL")
+    Role::ALL
+        .iter()
+        .position(|r| *r == role)
+        .expect("role in ALL")
 }
 
 #[derive(Clone)]
@@ -68,7 +71,10 @@ impl BridgeState {
         BridgeState {
             keys,
             pool,
-            hub: Arc::new(Hub::new(cfg.sse_ring_capacity, cfg.sse_client_buffer.max(1024) * 4)),
+            hub: Arc::new(Hub::new(
+                cfg.sse_ring_capacity,
+                cfg.sse_client_buffer.max(1024) * 4,
+            )),
             stats: Arc::default(),
             cfg,
             instance: Uuid::new_v4().simple().to_string()[..12].to_owned(),
@@ -106,12 +112,17 @@ pub(crate) struct Filter {
 impl Filter {
     pub(crate) fn allows(&self, e: &Event) -> bool {
         if e.event_type == crate::event::BULK_PROGRESS {
-            return self.actor.role.sees_all_orders() && self.order_id.is_none() && self.status.is_none();
+            return self.actor.role.sees_all_orders()
+                && self.order_id.is_none()
+                && self.status.is_none();
         }
         let entitled = self.actor.role.sees_all_orders() || e.customer_id == Some(self.actor.id);
         entitled
             && self.order_id.is_none_or(|id| e.order_id == Some(id))
-            && self.status.as_ref().is_none_or(|s| e.to.as_deref() == Some(s.as_str()))
+            && self
+                .status
+                .as_ref()
+                .is_none_or(|s| e.to.as_deref() == Some(s.as_str()))
     }
 }
 
@@ -128,28 +139,48 @@ async fn subscribe(
                 .ok()
                 .and_then(|s| s.trim().parse::<i64>().ok())
                 .filter(|n| *n >= 0)
-                .ok_or_else(|| ApiError::BadRequest("Last-Event-ID must be a non-negative integer".into()))?,
+                .ok_or_else(|| {
+                    ApiError::BadRequest("Last-Event-ID must be a non-negative integer".into())
+                })?,
         ),
         None => None,
     };
     // The header wins: EventSource sends it on reconnect while the URL keeps the original query.
     let resume = header_id.or(params.last_event_id);
     if resume.is_some_and(|n| n < 0) {
-        return Err(ApiError::BadRequest("last_event_id must be a non-negative integer".into()));
+        return Err(ApiError::BadRequest(
+            "last_event_id must be a non-negative integer".into(),
+        ));
     }
-    let filter = Filter { actor, order_id: params.order_id, status: params.status.map(|s| s.to_string()) };
+    let filter = Filter {
+        actor,
+        order_id: params.order_id,
+        status: params.status.map(|s| s.to_string()),
+    };
     let body = stream::open(state.clone(), filter, resume).await?;
-    Ok(Sse::new(body).keep_alive(KeepAlive::new().interval(Duration::from_secs(state.cfg.sse_keepalive_secs))))
+    Ok(Sse::new(body)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(state.cfg.sse_keepalive_secs))))
 }
 
-async fn stats(State(state): State<BridgeState>, actor: Actor) -> Result<impl IntoResponse, ApiError> {
+async fn stats(
+    State(state): State<BridgeState>,
+    actor: Actor,
+) -> Result<impl IntoResponse, ApiError> {
     if actor.role != Role::Admin {
-        return Err(ApiError::forbidden(crate::domain::RejectCode::ForbiddenRole, "only admins may read bridge stats"));
+        return Err(ApiError::forbidden(
+            crate::domain::RejectCode::ForbiddenRole,
+            "only admins may read bridge stats",
+        ));
     }
     let s = &state.stats;
     let by_role: serde_json::Map<String, serde_json::Value> = Role::ALL
         .iter()
-        .map(|r| (r.as_str().to_owned(), json!(s.by_role[role_index(*r)].load(Ordering::Relaxed))))
+        .map(|r| {
+            (
+                r.as_str().to_owned(),
+                json!(s.by_role[role_index(*r)].load(Ordering::Relaxed)),
+            )
+        })
         .collect();
     let total: u64 = s.by_role.iter().map(|c| c.load(Ordering::Relaxed)).sum();
     Ok(Json(json!({
@@ -164,27 +195,53 @@ async fn stats(State(state): State<BridgeState>, actor: Actor) -> Result<impl In
 
 /// Feed the hub from the broker until `shutdown`, reconnecting whenever the broker is lost.
 pub async fn run_feed(state: BridgeState, amqp_url: String, names: Names) -> anyhow::Result<()> {
-    broker::supervise("SSE bridge", &state.shutdown, Duration::from_secs(5), || feed_session(&state, &amqp_url, &names)).await;
+    broker::supervise(
+        "SSE bridge",
+        &state.shutdown,
+        Duration::from_secs(5),
+        || feed_session(&state, &amqp_url, &names),
+    )
+    .await;
     Ok(())
 }
 
 async fn feed_session(state: &BridgeState, url: &str, names: &Names) -> anyhow::Result<()> {
     let conn = broker::connect(url, "sse-bridge").await?;
     let channel = conn.create_channel().await?;
-    broker::topology::declare(&channel, names).await.context("declaring topology")?;
+    broker::topology::declare(&channel, names)
+        .await
+        .context("declaring topology")?;
     let queue = names.sse_queue(&state.instance);
     channel
         .queue_declare(
             queue.as_str().into(),
-            QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
             FieldTable::default(),
         )
         .await?;
     channel
-        .queue_bind(queue.as_str().into(), names.events.as_str().into(), "#".into(), QueueBindOptions::default(), FieldTable::default())
+        .queue_bind(
+            queue.as_str().into(),
+            names.events.as_str().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
         .await?;
     let mut consumer = channel
-        .basic_consume(queue.as_str().into(), "".into(), BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default())
+        .basic_consume(
+            queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await?;
     // Events published while this bridge was not bound are in the outbox: catch up, so
     // live connections need not wait for the next event to notice the gap.
@@ -195,7 +252,9 @@ async fn feed_session(state: &BridgeState, url: &str, names: &Names) -> anyhow::
             _ = state.shutdown.cancelled() => break,
             next = consumer.next() => next,
         };
-        let Some(delivery) = next else { anyhow::bail!("consumer stream ended (channel closed)") };
+        let Some(delivery) = next else {
+            anyhow::bail!("consumer stream ended (channel closed)")
+        };
         let delivery = delivery.context("receiving an event")?;
         match Event::parse(delivery.routing_key.as_str(), &delivery.data) {
             Some(event) => {
@@ -206,7 +265,9 @@ async fn feed_session(state: &BridgeState, url: &str, names: &Names) -> anyhow::
                 }
                 state.hub.publish(event);
             }
-            None => tracing::warn!(routing_key = %delivery.routing_key, "ignoring a message that is not an event"),
+            None => {
+                tracing::warn!(routing_key = %delivery.routing_key, "ignoring a message that is not an event")
+            }
         }
     }
     let _ = conn.close(200, "shutdown".into()).await;
@@ -233,7 +294,8 @@ async fn catch_up(state: &BridgeState) -> anyhow::Result<()> {
 async fn fill_hub(state: &BridgeState, before: i64) -> anyhow::Result<()> {
     let mut conn = state.pool.acquire().await?;
     loop {
-        let events = crate::store::outbox::replay(&mut conn, state.hub.head(), Some(before), 1000).await?;
+        let events =
+            crate::store::outbox::replay(&mut conn, state.hub.head(), Some(before), 1000).await?;
         if events.is_empty() {
             return Ok(());
         }

@@ -2,14 +2,14 @@
 //! stream's cursor only moves forward one seq at a time, filling any hole from the ring or
 //! the outbox, so a client sees every event it may see, in seq order, exactly once.
 
-use super::{role_index, BridgeState, Filter};
+use super::{BridgeState, Filter, role_index};
 use crate::event::Event;
 use crate::ingress::error::ApiError;
 use crate::store::outbox;
 use axum::response::sse::Event as Frame;
 use std::convert::Infallible;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -27,7 +27,9 @@ pub(super) async fn open(
     // Subscribe before reading anything, so no event slips between replay and live.
     let (rx, head) = state.hub.subscribe();
     let (tx, out) = mpsc::channel(state.cfg.sse_client_buffer.max(1));
-    let hello = Frame::default().retry(Duration::from_millis(state.cfg.sse_retry_ms)).comment("orderflow");
+    let hello = Frame::default()
+        .retry(Duration::from_millis(state.cfg.sse_retry_ms))
+        .comment("orderflow");
     let _ = tx.try_send(Ok(hello));
 
     let mut cursor = resume.unwrap_or(head);
@@ -40,16 +42,25 @@ pub(super) async fn open(
         let newest = max.unwrap_or(0).max(head);
         replay_to = newest;
         let oldest_kept = min.unwrap_or(newest + 1);
-        if after > newest || (after + 1 < oldest_kept && state.hub.range(after, after + 2).is_none()) {
+        if after > newest
+            || (after + 1 < oldest_kept && state.hub.range(after, after + 2).is_none())
+        {
             // Beyond retention (or from another deployment): say so, and continue from what exists.
-            cursor = if after > newest { newest } else { oldest_kept - 1 };
+            cursor = if after > newest {
+                newest
+            } else {
+                oldest_kept - 1
+            };
             let data = serde_json::json!({
                 "type": "reset",
                 "requested_after": after,
                 "resume_after": cursor,
                 "message": "the requested position is not available; events after resume_after follow",
             });
-            let reset = Frame::default().id(cursor.to_string()).event("reset").data(data.to_string());
+            let reset = Frame::default()
+                .id(cursor.to_string())
+                .event("reset")
+                .data(data.to_string());
             let _ = tx.send(Ok(reset)).await;
         }
     }
@@ -57,7 +68,10 @@ pub(super) async fn open(
     let role = filter.actor.role;
     state.stats.by_role[role_index(role)].fetch_add(1, Ordering::Relaxed);
     tokio::spawn(async move {
-        let _guard = ConnectionGuard { state: state.clone(), role };
+        let _guard = ConnectionGuard {
+            state: state.clone(),
+            role,
+        };
         if let Err(e) = pump(&state, &filter, cursor, replay_to, rx, &tx).await {
             tracing::debug!(reason = %e, "SSE connection ended");
         }
@@ -130,9 +144,18 @@ async fn pump(
 
 /// Send every event with `after < seq < before`, from the ring when it covers the range,
 /// else from the outbox. Returns the new cursor.
-async fn replay(state: &BridgeState, filter: &Filter, mut after: i64, before: i64, tx: &Tx) -> Result<i64, End> {
+async fn replay(
+    state: &BridgeState,
+    filter: &Filter,
+    mut after: i64,
+    before: i64,
+    tx: &Tx,
+) -> Result<i64, End> {
     if let Some(events) = state.hub.range(after, before) {
-        state.stats.replayed_from_memory.fetch_add(events.len() as u64, Ordering::Relaxed);
+        state
+            .stats
+            .replayed_from_memory
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
         for e in events {
             deliver(state, filter, &e, tx, true).await?;
         }
@@ -141,8 +164,13 @@ async fn replay(state: &BridgeState, filter: &Filter, mut after: i64, before: i6
     let mut conn = state.pool.acquire().await?;
     loop {
         let page = outbox::replay(&mut conn, after, Some(before), REPLAY_PAGE).await?;
-        let Some(last) = page.last().map(|e| e.seq) else { break };
-        state.stats.replayed_from_db.fetch_add(page.len() as u64, Ordering::Relaxed);
+        let Some(last) = page.last().map(|e| e.seq) else {
+            break;
+        };
+        state
+            .stats
+            .replayed_from_db
+            .fetch_add(page.len() as u64, Ordering::Relaxed);
         for e in &page {
             deliver(state, filter, e, tx, true).await?;
         }
@@ -153,11 +181,20 @@ async fn replay(state: &BridgeState, filter: &Filter, mut after: i64, before: i6
 
 /// Send one event if the connection may see it. Replays wait for room in the buffer; live
 /// events do not: a full buffer means the client cannot keep up.
-async fn deliver(state: &BridgeState, filter: &Filter, e: &Event, tx: &Tx, replaying: bool) -> Result<(), End> {
+async fn deliver(
+    state: &BridgeState,
+    filter: &Filter,
+    e: &Event,
+    tx: &Tx,
+    replaying: bool,
+) -> Result<(), End> {
     if !filter.allows(e) {
         return Ok(());
     }
-    let frame = Frame::default().id(e.seq.to_string()).event(e.event_type.as_str()).data(e.data.as_str());
+    let frame = Frame::default()
+        .id(e.seq.to_string())
+        .event(e.event_type.as_str())
+        .data(e.data.as_str());
     if replaying {
         tx.send(Ok(frame)).await.map_err(|_| End::Gone)?;
     } else {

@@ -40,7 +40,9 @@ impl Selection {
     /// Exactly one of `order_ids` and `filter`, each well-formed; else why not.
     pub fn validate(&self) -> Result<(), String> {
         match (&self.order_ids, &self.filter) {
-            (Some(_), Some(_)) | (None, None) => Err("a selection has exactly one of `order_ids` and `filter`".into()),
+            (Some(_), Some(_)) | (None, None) => {
+                Err("a selection has exactly one of `order_ids` and `filter`".into())
+            }
             (Some(ids), None) if ids.is_empty() || ids.len() > MAX_ORDER_IDS => {
                 Err(format!("`order_ids` holds 1 to {MAX_ORDER_IDS} ids"))
             }
@@ -81,7 +83,10 @@ fn bind_selection<'q, O>(
 ) -> QueryAs<'q, Postgres, O, PgArguments> {
     let f = sel.filter.clone().unwrap_or_default();
     q.bind(sel.order_ids.as_deref())
-        .bind(f.status.map(|v| v.iter().map(|s| s.as_str().to_owned()).collect::<Vec<_>>()))
+        .bind(
+            f.status
+                .map(|v| v.iter().map(|s| s.as_str().to_owned()).collect::<Vec<_>>()),
+        )
         .bind(f.payment_status.map(|p| p.as_str()))
         .bind(f.customer_id)
         .bind(f.created_from)
@@ -90,28 +95,40 @@ fn bind_selection<'q, O>(
         .bind(f.max_total_cents)
 }
 
-const ORDER_COLUMNS: &str =
-    "id, customer_id, status, payment_status, total_cents, currency, version, created_at, updated_at";
+const ORDER_COLUMNS: &str = "id, customer_id, status, payment_status, total_cents, currency, version, created_at, updated_at";
 
 /// One page of the selection in id order, after `after`.
-pub async fn select_page(conn: &mut PgConnection, sel: &Selection, after: Option<Uuid>, limit: i64) -> sqlx::Result<Vec<Order>> {
+pub async fn select_page(
+    conn: &mut PgConnection,
+    sel: &Selection,
+    after: Option<Uuid>,
+    limit: i64,
+) -> sqlx::Result<Vec<Order>> {
     let sql = format!(
         "select {ORDER_COLUMNS} from orders where {SELECTION_WHERE} and ($9::uuid is null or id > $9) order by id limit $10"
     );
-    bind_selection(sqlx::query_as(&sql), sel).bind(after).bind(limit).fetch_all(conn).await
+    bind_selection(sqlx::query_as(&sql), sel)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(conn)
+        .await
 }
 
 /// How many orders the selection matches now.
 pub async fn count(conn: &mut PgConnection, sel: &Selection) -> sqlx::Result<i64> {
     let sql = format!("select count(*) from orders where {SELECTION_WHERE}");
-    let (n,): (i64,) = bind_selection(sqlx::query_as(&sql), sel).fetch_one(conn).await?;
+    let (n,): (i64,) = bind_selection(sqlx::query_as(&sql), sel)
+        .fetch_one(conn)
+        .await?;
     Ok(n)
 }
 
 /// Every matching order id, in id order.
 pub async fn matching_ids(conn: &mut PgConnection, sel: &Selection) -> sqlx::Result<Vec<Uuid>> {
     let sql = format!("select id from orders where {SELECTION_WHERE} order by id");
-    let rows: Vec<(Uuid,)> = bind_selection(sqlx::query_as(&sql), sel).fetch_all(conn).await?;
+    let rows: Vec<(Uuid,)> = bind_selection(sqlx::query_as(&sql), sel)
+        .fetch_all(conn)
+        .await?;
     Ok(rows.into_iter().map(|(id,)| id).collect())
 }
 
@@ -139,7 +156,10 @@ pub struct BulkOp {
 
 impl BulkOp {
     pub fn is_terminal(&self) -> bool {
-        matches!(self.status.as_str(), "completed" | "rejected" | "cancelled" | "failed")
+        matches!(
+            self.status.as_str(),
+            "completed" | "rejected" | "cancelled" | "failed"
+        )
     }
 
     pub fn pending(&self) -> i32 {
@@ -200,33 +220,47 @@ pub async fn insert(conn: &mut PgConnection, b: &NewBulk<'_>) -> sqlx::Result<Op
     .await
 }
 
-pub async fn by_idempotency_key(conn: &mut PgConnection, actor_id: Uuid, key: &str) -> sqlx::Result<Option<BulkOp>> {
-    sqlx::query_as(&format!("select {COLUMNS} from bulk_operations where actor_id = $1 and idempotency_key = $2"))
-        .bind(actor_id)
-        .bind(key)
-        .fetch_optional(conn)
-        .await
+pub async fn by_idempotency_key(
+    conn: &mut PgConnection,
+    actor_id: Uuid,
+    key: &str,
+) -> sqlx::Result<Option<BulkOp>> {
+    sqlx::query_as(&format!(
+        "select {COLUMNS} from bulk_operations where actor_id = $1 and idempotency_key = $2"
+    ))
+    .bind(actor_id)
+    .bind(key)
+    .fetch_optional(conn)
+    .await
 }
 
 pub async fn get(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<BulkOp>> {
-    sqlx::query_as(&format!("select {COLUMNS} from bulk_operations where id = $1"))
-        .bind(id)
-        .fetch_optional(conn)
-        .await
+    sqlx::query_as(&format!(
+        "select {COLUMNS} from bulk_operations where id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await
 }
 
 /// Lock the bulk row for the rest of the transaction (one chunk at a time per bulk).
 pub async fn lock(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<BulkOp>> {
-    sqlx::query_as(&format!("select {COLUMNS} from bulk_operations where id = $1 for update"))
-        .bind(id)
-        .fetch_optional(conn)
-        .await
+    sqlx::query_as(&format!(
+        "select {COLUMNS} from bulk_operations where id = $1 for update"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await
 }
 
 /// Give up on a bulk whose publish was not confirmed (see [`super::jobs::abandon_unqueued`]):
 /// it and its job become `cancelled`, the idempotency key is freed. False when a worker
 /// already took it.
-pub async fn abandon_unqueued(conn: &mut PgConnection, id: Uuid, error: &Value) -> sqlx::Result<bool> {
+pub async fn abandon_unqueued(
+    conn: &mut PgConnection,
+    id: Uuid,
+    error: &Value,
+) -> sqlx::Result<bool> {
     let done = sqlx::query(
         "update jobs set status = 'cancelled', error = $2, updated_at = now() where bulk_id = $1 and status = 'queued'",
     )
@@ -257,7 +291,10 @@ pub async fn snapshot(conn: &mut PgConnection, id: Uuid, sel: &Selection) -> sql
              returning 1)
          select count(*) from inserted"
     );
-    let (total,): (i64,) = bind_selection(sqlx::query_as(&sql), sel).bind(id).fetch_one(&mut *conn).await?;
+    let (total,): (i64,) = bind_selection(sqlx::query_as(&sql), sel)
+        .bind(id)
+        .fetch_one(&mut *conn)
+        .await?;
     sqlx::query("update bulk_operations set status = 'running', total = $2, started_at = now(), updated_at = now() where id = $1")
         .bind(id)
         .bind(total as i32)
@@ -267,7 +304,11 @@ pub async fn snapshot(conn: &mut PgConnection, id: Uuid, sel: &Selection) -> sql
 }
 
 /// The next `limit` items without an outcome, in position order.
-pub async fn pending_items(conn: &mut PgConnection, id: Uuid, limit: i64) -> sqlx::Result<Vec<(i32, Uuid)>> {
+pub async fn pending_items(
+    conn: &mut PgConnection,
+    id: Uuid,
+    limit: i64,
+) -> sqlx::Result<Vec<(i32, Uuid)>> {
     sqlx::query_as("select position, order_id from bulk_items where bulk_id = $1 and outcome is null order by position limit $2")
         .bind(id)
         .bind(limit)
@@ -285,7 +326,11 @@ pub struct ItemOutcome {
 }
 
 /// Record outcomes set-wise and add them to the bulk's counters; returns the updated bulk.
-pub async fn record(conn: &mut PgConnection, id: Uuid, items: &[ItemOutcome]) -> sqlx::Result<BulkOp> {
+pub async fn record(
+    conn: &mut PgConnection,
+    id: Uuid,
+    items: &[ItemOutcome],
+) -> sqlx::Result<BulkOp> {
     if !items.is_empty() {
         sqlx::query(
             "update bulk_items b set outcome = v.outcome, code = v.code, from_status = v.from_status, to_status = v.to_status
@@ -334,7 +379,12 @@ pub async fn skip_pending(conn: &mut PgConnection, id: Uuid, code: &str) -> sqlx
 }
 
 /// Set a terminal status; returns the updated bulk.
-pub async fn finish(conn: &mut PgConnection, id: Uuid, status: &str, error: Option<&Value>) -> sqlx::Result<BulkOp> {
+pub async fn finish(
+    conn: &mut PgConnection,
+    id: Uuid,
+    status: &str,
+    error: Option<&Value>,
+) -> sqlx::Result<BulkOp> {
     sqlx::query_as(&format!(
         "update bulk_operations set status = $2, error = coalesce($3, error), finished_at = now(), updated_at = now()
          where id = $1 returning {COLUMNS}"

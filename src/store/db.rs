@@ -25,17 +25,31 @@ pub async fn connect(cfg: &CommonConfig) -> anyhow::Result<PgPool> {
 /// Create the database named in `DATABASE_URL` when it does not exist yet (first run).
 pub async fn create_if_missing(cfg: &CommonConfig) -> anyhow::Result<()> {
     let target = PgConnectOptions::from_str(&cfg.database_url).context("parsing DATABASE_URL")?;
-    let Some(name) = target.get_database().map(str::to_owned) else { return Ok(()) };
-    let mut admin = target.clone().database("postgres").connect().await.with_context(|| {
-        format!("connecting to Postgres at {} to create the database", redact(&cfg.database_url))
-    })?;
-    let exists: bool = sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
-        .bind(&name)
-        .fetch_one(&mut admin)
-        .await?;
+    let Some(name) = target.get_database().map(str::to_owned) else {
+        return Ok(());
+    };
+    let mut admin = target
+        .clone()
+        .database("postgres")
+        .connect()
+        .await
+        .with_context(|| {
+            format!(
+                "connecting to Postgres at {} to create the database",
+                redact(&cfg.database_url)
+            )
+        })?;
+    let exists: bool =
+        sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await?;
     if !exists {
         let quoted = format!("\"{}\"", name.replace('"', "\"\""));
-        match sqlx::query(&format!("create database {quoted}")).execute(&mut admin).await {
+        match sqlx::query(&format!("create database {quoted}"))
+            .execute(&mut admin)
+            .await
+        {
             Ok(_) => tracing::info!(database = %name, "created database"),
             // Another process created it at the same moment.
             Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}

@@ -61,7 +61,10 @@ impl From<Entry> for EntryView {
             from: e.from_status,
             to: e.to_status,
             action: e.action,
-            actor: ActorView { id: e.actor_id, role: e.actor_role },
+            actor: ActorView {
+                id: e.actor_id,
+                role: e.actor_role,
+            },
             reason: e.reason,
             job_id: e.job_id,
             bulk_id: e.bulk_id,
@@ -72,7 +75,11 @@ impl From<Entry> for EntryView {
 }
 
 /// Insert many rows in one statement, all stamped `at` (the transaction's time).
-pub async fn insert_many(conn: &mut PgConnection, rows: &[NewRow], at: DateTime<Utc>) -> sqlx::Result<()> {
+pub async fn insert_many(
+    conn: &mut PgConnection,
+    rows: &[NewRow],
+    at: DateTime<Utc>,
+) -> sqlx::Result<()> {
     if rows.is_empty() {
         return Ok(());
     }

@@ -35,12 +35,18 @@ pub async fn get(conn: &mut PgConnection, sku: &str) -> sqlx::Result<Option<Stoc
 
 /// The tracked skus among `skus`; with `lock`, locked for update in sku order (so that
 /// concurrent batches cannot deadlock).
-pub async fn load_many(conn: &mut PgConnection, skus: &[String], lock: bool) -> sqlx::Result<Vec<Stock>> {
+pub async fn load_many(
+    conn: &mut PgConnection,
+    skus: &[String],
+    lock: bool,
+) -> sqlx::Result<Vec<Stock>> {
     let lock = if lock { "for update" } else { "" };
-    sqlx::query_as(&format!("select {COLUMNS} from inventory where sku = any($1) order by sku {lock}"))
-        .bind(skus)
-        .fetch_all(conn)
-        .await
+    sqlx::query_as(&format!(
+        "select {COLUMNS} from inventory where sku = any($1) order by sku {lock}"
+    ))
+    .bind(skus)
+    .fetch_all(conn)
+    .await
 }
 
 /// Add `deltas` (sku, reserved delta, on_hand delta) to tracked skus; untracked skus are ignored.

@@ -30,7 +30,10 @@ pub struct Job {
 
 impl Job {
     pub fn is_terminal(&self) -> bool {
-        matches!(self.status.as_str(), "succeeded" | "rejected" | "dead" | "cancelled")
+        matches!(
+            self.status.as_str(),
+            "succeeded" | "rejected" | "dead" | "cancelled"
+        )
     }
 }
 
@@ -103,12 +106,18 @@ pub async fn insert(conn: &mut PgConnection, j: &NewJob<'_>) -> sqlx::Result<Opt
     .await
 }
 
-pub async fn by_idempotency_key(conn: &mut PgConnection, actor_id: Uuid, key: &str) -> sqlx::Result<Option<Job>> {
-    sqlx::query_as(&format!("select {COLUMNS} from jobs where actor_id = $1 and idempotency_key = $2"))
-        .bind(actor_id)
-        .bind(key)
-        .fetch_optional(conn)
-        .await
+pub async fn by_idempotency_key(
+    conn: &mut PgConnection,
+    actor_id: Uuid,
+    key: &str,
+) -> sqlx::Result<Option<Job>> {
+    sqlx::query_as(&format!(
+        "select {COLUMNS} from jobs where actor_id = $1 and idempotency_key = $2"
+    ))
+    .bind(actor_id)
+    .bind(key)
+    .fetch_optional(conn)
+    .await
 }
 
 pub async fn get(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<Job>> {
@@ -121,7 +130,11 @@ pub async fn get(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<Job>>
 /// Give up on a job whose publish was not confirmed: it becomes `cancelled` (a late
 /// message for it then changes nothing) and its idempotency key is freed for a retry.
 /// False when a worker already claimed it — the message did reach the queue after all.
-pub async fn abandon_unqueued(conn: &mut PgConnection, id: Uuid, error: &Value) -> sqlx::Result<bool> {
+pub async fn abandon_unqueued(
+    conn: &mut PgConnection,
+    id: Uuid,
+    error: &Value,
+) -> sqlx::Result<bool> {
     let done = sqlx::query(
         "update jobs set status = 'cancelled', error = $2, idempotency_key = null, updated_at = now()
          where id = $1 and status = 'queued'",
@@ -198,7 +211,12 @@ pub async fn mark_dead(conn: &mut PgConnection, id: Uuid, error: &Value) -> sqlx
 }
 
 /// Note that a job failed an attempt and waits in a delay queue for the next one.
-pub async fn mark_retrying(conn: &mut PgConnection, id: Uuid, attempts: i32, error: &Value) -> sqlx::Result<()> {
+pub async fn mark_retrying(
+    conn: &mut PgConnection,
+    id: Uuid,
+    attempts: i32,
+    error: &Value,
+) -> sqlx::Result<()> {
     sqlx::query(
         "update jobs set status = 'retrying', attempts = greatest(attempts, $2), error = $3, updated_at = now()
          where id = $1 and status in ('queued', 'retrying')",
@@ -223,7 +241,11 @@ pub struct Stale {
 
 /// Take up to `limit` jobs still `queued` or `retrying` after `older_than_secs`, touching
 /// them so concurrent sweepers (and the next sweep) leave them alone for another period.
-pub async fn take_stale(conn: &mut PgConnection, older_than_secs: f64, limit: i64) -> sqlx::Result<Vec<Stale>> {
+pub async fn take_stale(
+    conn: &mut PgConnection,
+    older_than_secs: f64,
+    limit: i64,
+) -> sqlx::Result<Vec<Stale>> {
     sqlx::query_as(
         "update jobs j set updated_at = now()
          from (select id from jobs
@@ -240,7 +262,12 @@ pub async fn take_stale(conn: &mut PgConnection, older_than_secs: f64, limit: i6
 }
 
 /// One page of jobs, newest first (ids are UUIDv7), optionally of one status.
-pub async fn list(conn: &mut PgConnection, status: Option<&str>, before: Option<Uuid>, limit: i64) -> sqlx::Result<Vec<Job>> {
+pub async fn list(
+    conn: &mut PgConnection,
+    status: Option<&str>,
+    before: Option<Uuid>,
+    limit: i64,
+) -> sqlx::Result<Vec<Job>> {
     sqlx::query_as(&format!(
         "select {COLUMNS} from jobs
          where ($1::text is null or status = $1) and ($2::uuid is null or id < $2)
@@ -277,8 +304,10 @@ pub async fn back_to_dead(conn: &mut PgConnection, id: Uuid, error: &Value) -> s
 
 /// The job that carries a bulk operation.
 pub async fn job_of_bulk(conn: &mut PgConnection, bulk_id: Uuid) -> sqlx::Result<Option<Uuid>> {
-    sqlx::query_scalar("select id from jobs where bulk_id = $1 and kind = 'bulk' order by id limit 1")
-        .bind(bulk_id)
-        .fetch_optional(conn)
-        .await
+    sqlx::query_scalar(
+        "select id from jobs where bulk_id = $1 and kind = 'bulk' order by id limit 1",
+    )
+    .bind(bulk_id)
+    .fetch_optional(conn)
+    .await
 }

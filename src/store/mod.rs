@@ -12,12 +12,16 @@ pub mod outbox;
 /// Is this database error worth retrying (the same statements may well succeed again)?
 pub fn is_transient(err: &sqlx::Error) -> bool {
     match err {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Database(db) => matches!(
             db.code().as_deref(),
             // serialization_failure, deadlock_detected, admin_shutdown, crash_shutdown,
             // cannot_connect_now, and the whole connection-exception class.
-            Some("40001" | "40P01" | "57P01" | "57P02" | "57P03") | Some("08000" | "08003" | "08006" | "08001" | "08004")
+            Some("40001" | "40P01" | "57P01" | "57P02" | "57P03")
+                | Some("08000" | "08003" | "08006" | "08001" | "08004")
         ),
         _ => false,
     }

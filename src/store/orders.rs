@@ -50,8 +50,7 @@ pub struct NewItem {
     pub unit_price_cents: i64,
 }
 
-const COLUMNS: &str =
-    "id, customer_id, status, payment_status, total_cents, currency, version, created_at, updated_at";
+const COLUMNS: &str = "id, customer_id, status, payment_status, total_cents, currency, version, created_at, updated_at";
 
 pub async fn insert(conn: &mut PgConnection, new: &NewOrder<'_>) -> sqlx::Result<Order> {
     let order: Order = sqlx::query_as(&format!(
@@ -90,8 +89,14 @@ pub async fn get(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<Order
 
 /// Load orders by id; with `lock`, lock them for update in id order (so that concurrent
 /// batches never deadlock).
-pub async fn load_many(conn: &mut PgConnection, ids: &[Uuid], lock: bool) -> sqlx::Result<Vec<Order>> {
-    let Some((low, high)) = bounds(ids) else { return Ok(Vec::new()) };
+pub async fn load_many(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+    lock: bool,
+) -> sqlx::Result<Vec<Order>> {
+    let Some((low, high)) = bounds(ids) else {
+        return Ok(Vec::new());
+    };
     let lock = if lock { "for update" } else { "" };
     // The id range lets the planner walk the primary key instead of scanning the table
     // for a long id list (bulk chunks are consecutive in id order).
@@ -120,7 +125,11 @@ pub async fn items(conn: &mut PgConnection, order_ids: &[Uuid]) -> sqlx::Result<
 }
 
 /// Store the status, payment status and version of changed orders, set-wise.
-pub async fn store_states(conn: &mut PgConnection, changed: &[&Order], now: DateTime<Utc>) -> sqlx::Result<()> {
+pub async fn store_states(
+    conn: &mut PgConnection,
+    changed: &[&Order],
+    now: DateTime<Utc>,
+) -> sqlx::Result<()> {
     if changed.is_empty() {
         return Ok(());
     }
@@ -147,7 +156,10 @@ pub async fn store_states(conn: &mut PgConnection, changed: &[&Order], now: Date
 }
 
 /// Store how much of each line is reserved: (order, line, reserved units).
-pub async fn store_reservations(conn: &mut PgConnection, lines: &[(Uuid, i32, i32)]) -> sqlx::Result<()> {
+pub async fn store_reservations(
+    conn: &mut PgConnection,
+    lines: &[(Uuid, i32, i32)],
+) -> sqlx::Result<()> {
     if lines.is_empty() {
         return Ok(());
     }

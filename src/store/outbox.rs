@@ -20,7 +20,12 @@ pub async fn insert_many(conn: &mut PgConnection, events: &[NewEvent]) -> sqlx::
     .bind(events.iter().map(|e| e.order_id).collect::<Vec<_>>())
     .bind(events.iter().map(|e| e.customer_id).collect::<Vec<_>>())
     .bind(events.iter().map(|e| e.event_type).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.routing_key.as_str()).collect::<Vec<_>>())
+    .bind(
+        events
+            .iter()
+            .map(|e| e.routing_key.as_str())
+            .collect::<Vec<_>>(),
+    )
     .bind(events.iter().map(|e| &e.payload).collect::<Vec<_>>())
     .execute(conn)
     .await?;
@@ -44,10 +49,12 @@ impl From<SequencedRow> for Event {
 /// seq so far. Only the relay holding the advisory lock calls this, so `max(seq)` is stable.
 /// Returns how many rows were sequenced.
 pub async fn assign_seqs(conn: &mut PgConnection, limit: i64) -> sqlx::Result<u64> {
-    let ids: Vec<i64> = sqlx::query_scalar("select id from outbox where seq is null order by id limit $1 for update")
-        .bind(limit)
-        .fetch_all(&mut *conn)
-        .await?;
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "select id from outbox where seq is null order by id limit $1 for update",
+    )
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
     if ids.is_empty() {
         return Ok(0);
     }
@@ -76,10 +83,12 @@ pub async fn unpublished(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Ve
 }
 
 pub async fn mark_published(conn: &mut PgConnection, seqs: &[i64]) -> sqlx::Result<()> {
-    sqlx::query("update outbox set published_at = now() where seq = any($1) and published_at is null")
-        .bind(seqs)
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "update outbox set published_at = now() where seq = any($1) and published_at is null",
+    )
+    .bind(seqs)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -104,5 +113,7 @@ pub async fn replay(
 
 /// The lowest and highest seq still in the table (None when nothing is sequenced).
 pub async fn seq_bounds(conn: &mut PgConnection) -> sqlx::Result<(Option<i64>, Option<i64>)> {
-    sqlx::query_as("select min(seq), max(seq) from outbox").fetch_one(conn).await
+    sqlx::query_as("select min(seq), max(seq) from outbox")
+        .fetch_one(conn)
+        .await
 }

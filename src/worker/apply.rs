@@ -43,13 +43,22 @@ pub struct Batch {
 impl Batch {
     /// Load `order_ids` with their items and stock. With `lock`, rows are locked for update
     /// (orders in id order, then skus in sku order: concurrent batches cannot deadlock).
-    pub async fn load(conn: &mut PgConnection, order_ids: &[Uuid], lock: bool) -> sqlx::Result<Self> {
+    pub async fn load(
+        conn: &mut PgConnection,
+        order_ids: &[Uuid],
+        lock: bool,
+    ) -> sqlx::Result<Self> {
         let mut ids = order_ids.to_vec();
         ids.sort();
         ids.dedup();
-        let now: DateTime<Utc> = sqlx::query_scalar("select now()").fetch_one(&mut *conn).await?;
-        let orders: HashMap<Uuid, Order> =
-            orders::load_many(conn, &ids, lock).await?.into_iter().map(|o| (o.id, o)).collect();
+        let now: DateTime<Utc> = sqlx::query_scalar("select now()")
+            .fetch_one(&mut *conn)
+            .await?;
+        let orders: HashMap<Uuid, Order> = orders::load_many(conn, &ids, lock)
+            .await?
+            .into_iter()
+            .map(|o| (o.id, o))
+            .collect();
         let mut items: HashMap<Uuid, Vec<OrderItem>> = HashMap::new();
         for item in orders::items(conn, &ids).await? {
             items.entry(item.order_id).or_default().push(item);
@@ -88,13 +97,20 @@ impl Batch {
             .map(|i| StockLine {
                 sku: i.sku.clone(),
                 quantity: i.quantity.into(),
-                available: self.stock.get(&i.sku).map(|(on_hand, reserved)| on_hand - reserved),
+                available: self
+                    .stock
+                    .get(&i.sku)
+                    .map(|(on_hand, reserved)| on_hand - reserved),
             })
             .collect()
     }
 
     /// Every action judged for `actor` on this order as it is now (`valid-actions`).
-    pub fn valid_actions(&self, order_id: Uuid, actor: &Actor) -> Option<Vec<machine::ActionAvailability>> {
+    pub fn valid_actions(
+        &self,
+        order_id: Uuid,
+        actor: &Actor,
+    ) -> Option<Vec<machine::ActionAvailability>> {
         let order = self.orders.get(&order_id)?;
         let lines = self.stock_lines(order_id);
         Some(machine::valid_actions(&context(order, &lines), actor))
@@ -111,13 +127,19 @@ impl Batch {
         bulk_id: Option<Uuid>,
     ) -> Result<Applied, Rejection> {
         let order = self.orders.get(&order_id).ok_or_else(|| {
-            Rejection::new(crate::domain::RejectCode::InvalidTransition, "the order does not exist")
+            Rejection::new(
+                crate::domain::RejectCode::InvalidTransition,
+                "the order does not exist",
+            )
         })?;
         let action = match (request.action, request.to) {
             (Some(action), _) => action,
             (None, Some(to)) => machine::action_for_target(order.status, to)?,
             (None, None) => {
-                return Err(Rejection::new(crate::domain::RejectCode::MissingField, "neither `action` nor `to` given"));
+                return Err(Rejection::new(
+                    crate::domain::RejectCode::MissingField,
+                    "neither `action` nor `to` given",
+                ));
             }
         };
         let lines = self.stock_lines(order_id);
@@ -131,7 +153,9 @@ impl Batch {
         // Stock moves per line: confirm reserves tracked lines; release and shipping move
         // exactly what that line reserved (nothing, if its sku was not tracked then).
         for item in self.items.get_mut(&order_id).into_iter().flatten() {
-            let Some(level) = self.stock.get_mut(&item.sku) else { continue };
+            let Some(level) = self.stock.get_mut(&item.sku) else {
+                continue;
+            };
             let held = i64::from(item.reserved);
             let (reserved, on_hand, now_held) = match decision.stock {
                 StockEffect::None => continue,
@@ -157,7 +181,14 @@ impl Batch {
         order.version += 1;
         order.updated_at = self.now;
         self.changed.push(order_id);
-        let change = Change { action: action.as_str(), from: Some(decision.from), actor, reason: request.reason.as_deref(), job_id, bulk_id };
+        let change = Change {
+            action: action.as_str(),
+            from: Some(decision.from),
+            actor,
+            reason: request.reason.as_deref(),
+            job_id,
+            bulk_id,
+        };
         self.history.push(history::NewRow {
             order_id,
             from: Some(decision.from.as_str().to_owned()),
@@ -171,16 +202,29 @@ impl Batch {
             version: order.version,
         });
         self.events.push(NewEvent::order(order, &change));
-        Ok(Applied { action, from: decision.from, to: decision.to, version: order.version })
+        Ok(Applied {
+            action,
+            from: decision.from,
+            to: decision.to,
+            version: order.version,
+        })
     }
 
     /// Write every recorded effect in the caller's transaction, set-wise.
     pub async fn write(self, conn: &mut PgConnection) -> sqlx::Result<usize> {
         let mut seen = HashSet::new();
-        let changed: Vec<&Order> =
-            self.changed.iter().filter(|id| seen.insert(**id)).map(|id| &self.orders[id]).collect();
+        let changed: Vec<&Order> = self
+            .changed
+            .iter()
+            .filter(|id| seen.insert(**id))
+            .map(|id| &self.orders[id])
+            .collect();
         orders::store_states(conn, &changed, self.now).await?;
-        let deltas: Vec<(String, i64, i64)> = self.stock_deltas.into_iter().map(|(sku, (r, o))| (sku, r, o)).collect();
+        let deltas: Vec<(String, i64, i64)> = self
+            .stock_deltas
+            .into_iter()
+            .map(|(sku, (r, o))| (sku, r, o))
+            .collect();
         inventory::adjust(conn, &deltas).await?;
         orders::store_reservations(conn, &self.reservations).await?;
         history::insert_many(conn, &self.history, self.now).await?;
@@ -224,7 +268,11 @@ pub async fn apply_batch(pool: &PgPool, job_ids: &[Uuid]) -> sqlx::Result<Report
     let mut unique = job_ids.to_vec();
     unique.sort();
     unique.dedup();
-    let mut claimed: HashMap<Uuid, jobs::Job> = jobs::claim(&mut tx, &unique).await?.into_iter().map(|j| (j.id, j)).collect();
+    let mut claimed: HashMap<Uuid, jobs::Job> = jobs::claim(&mut tx, &unique)
+        .await?
+        .into_iter()
+        .map(|j| (j.id, j))
+        .collect();
     let order_ids: Vec<Uuid> = claimed.values().filter_map(|j| j.order_id).collect();
     let mut batch = Batch::load(&mut tx, &order_ids, true).await?;
 
@@ -235,11 +283,17 @@ pub async fn apply_batch(pool: &PgPool, job_ids: &[Uuid]) -> sqlx::Result<Report
             report.push((*id, Outcome::Duplicate));
             continue;
         };
-        let outcome = match (serde_json::from_value::<ChangeStatus>(job.payload.clone()), job.order_id) {
+        let outcome = match (
+            serde_json::from_value::<ChangeStatus>(job.payload.clone()),
+            job.order_id,
+        ) {
             (Err(e), _) => Outcome::Dead(format!("unreadable job payload: {e}")),
             (Ok(_), None) => Outcome::Dead("a change-status job without an order".into()),
             (Ok(request), Some(order_id)) => {
-                let actor = Actor { id: job.actor_id, role: job.actor_role };
+                let actor = Actor {
+                    id: job.actor_id,
+                    role: job.actor_role,
+                };
                 match batch.apply(order_id, actor, &request, Some(job.id), job.bulk_id) {
                     Ok(applied) => {
                         tracing::debug!(job_id = %job.id, %order_id, action = %applied.action, to = %applied.to, "applied");
@@ -261,7 +315,12 @@ pub async fn apply_batch(pool: &PgPool, job_ids: &[Uuid]) -> sqlx::Result<Report
             Outcome::Dead(why) => ("dead", json!({ "code": "invalid_job", "message": why })),
             _ => unreachable!("only rejections and dead jobs reach here"),
         };
-        outcomes.push(jobs::Finished { id: job.id, status, result: None, error: Some(error) });
+        outcomes.push(jobs::Finished {
+            id: job.id,
+            status,
+            result: None,
+            error: Some(error),
+        });
         report.push((job.id, outcome));
     }
     batch.write(&mut tx).await?;

@@ -40,18 +40,22 @@ async fn progress(conn: &mut PgConnection, op: &BulkOp) -> sqlx::Result<()> {
 /// Do the next step of bulk `job` in one transaction.
 #[tracing::instrument(skip_all, fields(bulk_id = ?job.bulk_id), err)]
 pub async fn step(pool: &PgPool, job: &Job, chunk: i64) -> Result<Step, StepError> {
-    let bulk_id = job.bulk_id.ok_or_else(|| StepError::Unreadable("bulk job without a bulk".into()))?;
+    let bulk_id = job
+        .bulk_id
+        .ok_or_else(|| StepError::Unreadable("bulk job without a bulk".into()))?;
     let mut tx = pool.begin().await?;
     let Some(op) = bulk::lock(&mut tx, bulk_id).await? else {
-        return Err(StepError::Unreadable("the bulk operation does not exist".into()));
+        return Err(StepError::Unreadable(
+            "the bulk operation does not exist".into(),
+        ));
     };
     if op.is_terminal() {
         return Ok(Step::Finished(op));
     }
-    let request: ChangeStatus =
-        serde_json::from_value(op.request.clone()).map_err(|e| StepError::Unreadable(e.to_string()))?;
-    let selection: Selection =
-        serde_json::from_value(op.selection.clone()).map_err(|e| StepError::Unreadable(e.to_string()))?;
+    let request: ChangeStatus = serde_json::from_value(op.request.clone())
+        .map_err(|e| StepError::Unreadable(e.to_string()))?;
+    let selection: Selection = serde_json::from_value(op.selection.clone())
+        .map_err(|e| StepError::Unreadable(e.to_string()))?;
 
     let step = if op.cancel_requested {
         bulk::skip_pending(&mut tx, bulk_id, "cancelled").await?;
@@ -60,7 +64,11 @@ pub async fn step(pool: &PgPool, job: &Job, chunk: i64) -> Result<Step, StepErro
         let total = bulk::snapshot(&mut tx, bulk_id, &selection).await?;
         tracing::info!(total, mode = %op.mode, "bulk started");
         let op = bulk::get(&mut tx, bulk_id).await?.expect("locked above");
-        if total == 0 { Step::Finished(bulk::finish(&mut tx, bulk_id, "completed", None).await?) } else { Step::Progressed(op) }
+        if total == 0 {
+            Step::Finished(bulk::finish(&mut tx, bulk_id, "completed", None).await?)
+        } else {
+            Step::Progressed(op)
+        }
     } else if op.mode == "atomic" {
         Step::Finished(atomic(&mut tx, &op, job.id, &request).await?)
     } else {
@@ -75,7 +83,9 @@ pub async fn step(pool: &PgPool, job: &Job, chunk: i64) -> Result<Step, StepErro
                     // only that one fails and every other order that may move, moves.
                     tracing::warn!(error = %e, "bulk chunk failed; isolating its orders");
                     drop(tx);
-                    return Ok(Step::Progressed(isolate(pool, &op, job.id, &request, &items).await?));
+                    return Ok(Step::Progressed(
+                        isolate(pool, &op, job.id, &request, &items).await?,
+                    ));
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -89,20 +99,39 @@ pub async fn step(pool: &PgPool, job: &Job, chunk: i64) -> Result<Step, StepErro
 }
 
 /// Apply `items` (best effort): every order that may move, moves; the rest get their reason.
-async fn apply_chunk(conn: &mut PgConnection, op: &BulkOp, job_id: Uuid, request: &ChangeStatus, items: &[(i32, Uuid)]) -> sqlx::Result<BulkOp> {
+async fn apply_chunk(
+    conn: &mut PgConnection,
+    op: &BulkOp,
+    job_id: Uuid,
+    request: &ChangeStatus,
+    items: &[(i32, Uuid)],
+) -> sqlx::Result<BulkOp> {
     let ids: Vec<Uuid> = items.iter().map(|(_, id)| *id).collect();
     let mut batch = Batch::load(conn, &ids, true).await?;
-    let actor = Actor { id: op.actor_id, role: op.actor_role };
+    let actor = Actor {
+        id: op.actor_id,
+        role: op.actor_role,
+    };
     let outcomes: Vec<ItemOutcome> = items
         .iter()
-        .map(|(position, order_id)| judge(&mut batch, *position, *order_id, actor, request, job_id, op.id))
+        .map(|(position, order_id)| {
+            judge(
+                &mut batch, *position, *order_id, actor, request, job_id, op.id,
+            )
+        })
         .collect();
     batch.write(conn).await?;
     bulk::record(conn, op.id, &outcomes).await
 }
 
 /// Apply `items` one per transaction; an item that cannot be written is recorded `failed`.
-async fn isolate(pool: &PgPool, op: &BulkOp, job_id: Uuid, request: &ChangeStatus, items: &[(i32, Uuid)]) -> sqlx::Result<BulkOp> {
+async fn isolate(
+    pool: &PgPool,
+    op: &BulkOp,
+    job_id: Uuid,
+    request: &ChangeStatus,
+    items: &[(i32, Uuid)],
+) -> sqlx::Result<BulkOp> {
     let mut latest = op.clone();
     for item in items {
         let mut tx = pool.begin().await?;
@@ -117,7 +146,13 @@ async fn isolate(pool: &PgPool, op: &BulkOp, job_id: Uuid, request: &ChangeStatu
                 drop(tx);
                 tracing::error!(order_id = %item.1, error = %e, "order cannot be written; recorded as failed");
                 let mut tx = pool.begin().await?;
-                let failed = ItemOutcome { position: item.0, outcome: "failed", code: Some("apply_failed".into()), from: None, to: None };
+                let failed = ItemOutcome {
+                    position: item.0,
+                    outcome: "failed",
+                    code: Some("apply_failed".into()),
+                    from: None,
+                    to: None,
+                };
                 latest = bulk::record(&mut tx, op.id, &[failed]).await?;
                 tx.commit().await?;
             }
@@ -130,14 +165,26 @@ async fn isolate(pool: &PgPool, op: &BulkOp, job_id: Uuid, request: &ChangeStatu
 }
 
 /// Apply every item or none: one transaction; any rejection writes no change at all.
-async fn atomic(conn: &mut PgConnection, op: &BulkOp, job_id: Uuid, request: &ChangeStatus) -> sqlx::Result<BulkOp> {
+async fn atomic(
+    conn: &mut PgConnection,
+    op: &BulkOp,
+    job_id: Uuid,
+    request: &ChangeStatus,
+) -> sqlx::Result<BulkOp> {
     let items = bulk::pending_items(conn, op.id, i64::MAX).await?;
     let ids: Vec<Uuid> = items.iter().map(|(_, id)| *id).collect();
     let mut batch = Batch::load(conn, &ids, true).await?;
-    let actor = Actor { id: op.actor_id, role: op.actor_role };
+    let actor = Actor {
+        id: op.actor_id,
+        role: op.actor_role,
+    };
     let mut outcomes: Vec<ItemOutcome> = items
         .iter()
-        .map(|(position, order_id)| judge(&mut batch, *position, *order_id, actor, request, job_id, op.id))
+        .map(|(position, order_id)| {
+            judge(
+                &mut batch, *position, *order_id, actor, request, job_id, op.id,
+            )
+        })
         .collect();
     let rejected = outcomes.iter().filter(|o| o.outcome == "rejected").count();
     if rejected == 0 {
@@ -160,10 +207,30 @@ async fn atomic(conn: &mut PgConnection, op: &BulkOp, job_id: Uuid, request: &Ch
     bulk::finish(conn, op.id, "rejected", Some(&error)).await
 }
 
-fn judge(batch: &mut Batch, position: i32, order_id: Uuid, actor: Actor, request: &ChangeStatus, job_id: Uuid, bulk_id: Uuid) -> ItemOutcome {
+fn judge(
+    batch: &mut Batch,
+    position: i32,
+    order_id: Uuid,
+    actor: Actor,
+    request: &ChangeStatus,
+    job_id: Uuid,
+    bulk_id: Uuid,
+) -> ItemOutcome {
     let from = batch.order(order_id).map(|o| o.status.as_str().to_owned());
     match batch.apply(order_id, actor, request, Some(job_id), Some(bulk_id)) {
-        Ok(applied) => ItemOutcome { position, outcome: "applied", code: None, from, to: Some(applied.to.as_str().to_owned()) },
-        Err(r) => ItemOutcome { position, outcome: "rejected", code: Some(r.code.as_str().to_owned()), to: from.clone(), from },
+        Ok(applied) => ItemOutcome {
+            position,
+            outcome: "applied",
+            code: None,
+            from,
+            to: Some(applied.to.as_str().to_owned()),
+        },
+        Err(r) => ItemOutcome {
+            position,
+            outcome: "rejected",
+            code: Some(r.code.as_str().to_owned()),
+            to: from.clone(),
+            from,
+        },
     }
 }

@@ -47,14 +47,32 @@ impl JobDelivery {
     pub fn parse(delivery: Delivery) -> Result<Self, Box<(Delivery, String)>> {
         let msg: JobMessage = match serde_json::from_slice(&delivery.data) {
             Ok(m) => m,
-            Err(e) => return Err(Box::new((delivery, format!("unparseable job message: {e}")))),
+            Err(e) => {
+                return Err(Box::new((
+                    delivery,
+                    format!("unparseable job message: {e}"),
+                )));
+            }
         };
-        let attempt = header(&delivery, ATTEMPT_HEADER).and_then(as_u32).unwrap_or(1).max(1);
-        let redeliveries = header(&delivery, DELIVERY_COUNT_HEADER).and_then(as_u32).unwrap_or(0);
+        let attempt = header(&delivery, ATTEMPT_HEADER)
+            .and_then(as_u32)
+            .unwrap_or(1)
+            .max(1);
+        let redeliveries = header(&delivery, DELIVERY_COUNT_HEADER)
+            .and_then(as_u32)
+            .unwrap_or(0);
         let customer_id = match header(&delivery, CUSTOMER_HEADER) {
-            Some(AMQPValue::LongString(s)) => std::str::from_utf8(s.as_bytes()).ok().and_then(|s| s.parse().ok()),
+            Some(AMQPValue::LongString(s)) => std::str::from_utf8(s.as_bytes())
+                .ok()
+                .and_then(|s| s.parse().ok()),
             _ => None,
         };
-        Ok(JobDelivery { job_id: msg.job_id, attempt, redeliveries, customer_id, delivery })
+        Ok(JobDelivery {
+            job_id: msg.job_id,
+            attempt,
+            redeliveries,
+            customer_id,
+            delivery,
+        })
     }
 }

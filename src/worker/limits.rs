@@ -13,15 +13,26 @@ pub struct Limits {
 
 impl Limits {
     /// `0` disables a limit. The global burst covers a whole batch.
-    pub fn new(global_per_sec: u32, per_customer_per_sec: u32, batch: usize, bulk_per_sec: u32, chunk: usize) -> Self {
+    pub fn new(
+        global_per_sec: u32,
+        per_customer_per_sec: u32,
+        batch: usize,
+        bulk_per_sec: u32,
+        chunk: usize,
+    ) -> Self {
         let direct = |per_sec: u32, at_once: usize| {
             NonZeroU32::new(per_sec).map(|rate| {
                 let burst = NonZeroU32::new(per_sec.max(at_once as u32)).expect("non-zero");
                 RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
             })
         };
-        let per_customer = NonZeroU32::new(per_customer_per_sec).map(|rate| RateLimiter::keyed(Quota::per_second(rate)));
-        Limits { global: direct(global_per_sec, batch), per_customer, bulk: direct(bulk_per_sec, chunk) }
+        let per_customer = NonZeroU32::new(per_customer_per_sec)
+            .map(|rate| RateLimiter::keyed(Quota::per_second(rate)));
+        Limits {
+            global: direct(global_per_sec, batch),
+            per_customer,
+            bulk: direct(bulk_per_sec, chunk),
+        }
     }
 
     /// Wait until a bulk chunk of `n` orders may be applied.

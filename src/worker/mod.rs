@@ -14,7 +14,7 @@ pub mod retry;
 pub mod sweeper;
 
 use crate::broker::publisher::JobPublisher;
-use crate::broker::{self, topology, Names};
+use crate::broker::{self, Names, topology};
 use crate::config::{CommonConfig, WorkerConfig};
 use anyhow::Context;
 use apply::Outcome;
@@ -22,7 +22,10 @@ use backon::{ExponentialBuilder, Retryable};
 use delivery::JobDelivery;
 use futures::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, Consumer};
 use limits::Limits;
@@ -44,14 +47,30 @@ struct Worker {
 }
 
 /// Run the worker (and its sweeper) until `shutdown`, reconnecting whenever the broker is lost.
-pub async fn run(pool: PgPool, common: &CommonConfig, cfg: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    pool: PgPool,
+    common: &CommonConfig,
+    cfg: WorkerConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let names = Names::from_config(common);
     let sweeper = (cfg.sweep_interval_secs > 0).then(|| {
         let publisher = JobPublisher::new(&common.amqp_url, names.clone(), Duration::from_secs(5));
         // Jobs in a delay queue are not stale: wait out the longest backoff before sweeping them.
-        let longest = names.retry.steps().last().map(|a| names.retry.delay_after(a)).unwrap_or_default();
+        let longest = names
+            .retry
+            .steps()
+            .last()
+            .map(|a| names.retry.delay_after(a))
+            .unwrap_or_default();
         let older_than = Duration::from_secs(cfg.sweep_after_secs).max(longest * 2);
-        tokio::spawn(sweeper::run(pool.clone(), publisher, older_than, Duration::from_secs(cfg.sweep_interval_secs), shutdown.clone()))
+        tokio::spawn(sweeper::run(
+            pool.clone(),
+            publisher,
+            older_than,
+            Duration::from_secs(cfg.sweep_interval_secs),
+            shutdown.clone(),
+        ))
     });
     let worker = Worker {
         limits: Limits::new(
@@ -66,7 +85,10 @@ pub async fn run(pool: PgPool, common: &CommonConfig, cfg: WorkerConfig, shutdow
         cfg,
         committed_batches: AtomicU64::new(0),
     };
-    broker::supervise("order worker", &shutdown, Duration::from_secs(5), || worker.session(&common.amqp_url, &shutdown)).await;
+    broker::supervise("order worker", &shutdown, Duration::from_secs(5), || {
+        worker.session(&common.amqp_url, &shutdown)
+    })
+    .await;
     if let Some(sweeper) = sweeper {
         sweeper.await.context("sweeper task")??;
     }
@@ -80,22 +102,40 @@ impl Worker {
     async fn session(&self, url: &str, shutdown: &CancellationToken) -> anyhow::Result<()> {
         let conn = broker::connect(url, "order-worker").await?;
         let setup = conn.create_channel().await?;
-        topology::declare(&setup, &self.names).await.context("declaring topology")?;
+        topology::declare(&setup, &self.names)
+            .await
+            .context("declaring topology")?;
         let _ = setup.close(200, "declared".into()).await;
-        tokio::try_join!(self.jobs_loop(&conn, shutdown), self.bulk_loop(&conn, shutdown))?;
+        tokio::try_join!(
+            self.jobs_loop(&conn, shutdown),
+            self.bulk_loop(&conn, shutdown)
+        )?;
         let _ = conn.close(200, "shutdown".into()).await;
         tracing::info!("order worker stopped");
         Ok(())
     }
 
-    async fn jobs_loop(&self, conn: &Connection, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    async fn jobs_loop(
+        &self,
+        conn: &Connection,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
         let channel = conn.create_channel().await?;
-        channel.basic_qos(self.cfg.worker_prefetch, BasicQosOptions::default()).await?;
+        channel
+            .basic_qos(self.cfg.worker_prefetch, BasicQosOptions::default())
+            .await?;
         // Retry and dead-letter copies must be confirmed before their original is acked.
         let control = conn.create_channel().await?;
-        control.confirm_select(ConfirmSelectOptions::default()).await?;
+        control
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         let mut consumer = channel
-            .basic_consume(self.names.jobs.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .basic_consume(
+                self.names.jobs.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
             .await?;
         tracing::info!(queue = %self.names.jobs, prefetch = self.cfg.worker_prefetch, batch = self.cfg.worker_batch_size, "order worker consuming");
         loop {
@@ -104,7 +144,9 @@ impl Worker {
                 _ = shutdown.cancelled() => break,
                 next = consumer.next() => next,
             };
-            let Some(first) = first else { anyhow::bail!("consumer stream ended (channel closed)") };
+            let Some(first) = first else {
+                anyhow::bail!("consumer stream ended (channel closed)")
+            };
             let mut batch = vec![first.context("receiving a delivery")?];
             self.gather(&mut consumer, &mut batch).await?;
             // The batch in hand is finished even when shutdown arrives meanwhile.
@@ -115,7 +157,11 @@ impl Worker {
         Ok(())
     }
 
-    async fn bulk_loop(&self, conn: &Connection, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    async fn bulk_loop(
+        &self,
+        conn: &Connection,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
         if !self.cfg.worker_bulk {
             return Ok(());
         }
@@ -123,9 +169,16 @@ impl Worker {
         // One bulk at a time per worker; more workers, more bulks in parallel.
         channel.basic_qos(1, BasicQosOptions::default()).await?;
         let control = conn.create_channel().await?;
-        control.confirm_select(ConfirmSelectOptions::default()).await?;
+        control
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         let mut consumer = channel
-            .basic_consume(self.names.bulk.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .basic_consume(
+                self.names.bulk.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
             .await?;
         loop {
             let next = tokio::select! {
@@ -133,7 +186,9 @@ impl Worker {
                 _ = shutdown.cancelled() => break,
                 next = consumer.next() => next,
             };
-            let Some(delivery) = next else { anyhow::bail!("bulk consumer stream ended (channel closed)") };
+            let Some(delivery) = next else {
+                anyhow::bail!("bulk consumer stream ended (channel closed)")
+            };
             match JobDelivery::parse(delivery.context("receiving a bulk delivery")?) {
                 Ok(job) => self.run_bulk(&control, job, shutdown).await?,
                 Err(unreadable) => {
@@ -152,11 +207,22 @@ impl Worker {
     /// Work one bulk to its end, chunk by chunk. On shutdown it stops between chunks without
     /// acking: the broker hands the bulk to another worker, which resumes it.
     #[tracing::instrument(skip_all, fields(job_id = %d.job_id))]
-    async fn run_bulk(&self, control: &Channel, d: JobDelivery, shutdown: &CancellationToken) -> anyhow::Result<()> {
-        let claimed = (|| async { crate::store::jobs::claim_bulk(&mut *self.pool.acquire().await?, d.job_id).await })
-            .retry(ExponentialBuilder::default().with_jitter().with_max_times(3))
-            .when(crate::store::is_transient)
-            .await?;
+    async fn run_bulk(
+        &self,
+        control: &Channel,
+        d: JobDelivery,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let claimed = (|| async {
+            crate::store::jobs::claim_bulk(&mut *self.pool.acquire().await?, d.job_id).await
+        })
+        .retry(
+            ExponentialBuilder::default()
+                .with_jitter()
+                .with_max_times(3),
+        )
+        .when(crate::store::is_transient)
+        .await?;
         let Some(job) = claimed else {
             tracing::info!("bulk job already finished (a redelivery); nothing to do");
             d.delivery.acker.ack(BasicAckOptions::default()).await?;
@@ -176,7 +242,12 @@ impl Worker {
                 .await;
             match step {
                 Ok(bulk::Step::Progressed(op)) => {
-                    tracing::debug!(applied = op.applied, rejected = op.rejected, pending = op.pending(), "bulk chunk committed");
+                    tracing::debug!(
+                        applied = op.applied,
+                        rejected = op.rejected,
+                        pending = op.pending(),
+                        "bulk chunk committed"
+                    );
                 }
                 Ok(bulk::Step::Finished(op)) => break Ok(op),
                 Err(bulk::StepError::Database(e)) if crate::store::is_transient(&e) => {
@@ -222,8 +293,13 @@ impl Worker {
     }
 
     /// Add deliveries that arrive within the batch window, up to the batch size.
-    async fn gather(&self, consumer: &mut Consumer, batch: &mut Vec<Delivery>) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.cfg.worker_batch_wait_ms);
+    async fn gather(
+        &self,
+        consumer: &mut Consumer,
+        batch: &mut Vec<Delivery>,
+    ) -> anyhow::Result<()> {
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(self.cfg.worker_batch_wait_ms);
         while batch.len() < self.cfg.worker_batch_size {
             match tokio::time::timeout_at(deadline, consumer.next()).await {
                 Ok(Some(d)) => batch.push(d.context("receiving a delivery")?),
@@ -241,10 +317,14 @@ impl Worker {
             match JobDelivery::parse(delivery) {
                 Ok(job) if job.redeliveries + 1 >= self.names.retry.delivery_limit => {
                     // Its consumers keep dying on it: stop before the broker's limit drops it.
-                    let why = format!("delivered {} times without being settled", job.redeliveries + 1);
+                    let why = format!(
+                        "delivered {} times without being settled",
+                        job.redeliveries + 1
+                    );
                     tracing::error!(job_id = %job.job_id, %why, "parking a job that crashes its workers");
                     retry::park(control, &self.names, &job.delivery, job.attempt, &why).await?;
-                    self.record_failure(job.job_id, job.attempt, Disposition::Dead, &why).await;
+                    self.record_failure(job.job_id, job.attempt, Disposition::Dead, &why)
+                        .await;
                     job.delivery.acker.ack(BasicAckOptions::default()).await?;
                 }
                 Ok(job) => jobs.push(job),
@@ -269,8 +349,16 @@ impl Worker {
                 tracing::warn!(error = %e, jobs = ids.len(), "batch still failing after retries; backing off");
                 for job in &jobs {
                     let why = format!("transient failure: {e}");
-                    let disposition = retry::retry_or_park(control, &self.names, &job.delivery, job.attempt, &why).await?;
-                    self.record_failure(job.job_id, job.attempt, disposition, &why).await;
+                    let disposition = retry::retry_or_park(
+                        control,
+                        &self.names,
+                        &job.delivery,
+                        job.attempt,
+                        &why,
+                    )
+                    .await?;
+                    self.record_failure(job.job_id, job.attempt, disposition, &why)
+                        .await;
                     job.delivery.acker.ack(BasicAckOptions::default()).await?;
                 }
                 return Ok(());
@@ -295,28 +383,45 @@ impl Worker {
         for (job, (job_id, outcome)) in jobs.iter().zip(&report) {
             tracing::debug!(%job_id, ?outcome, "job settled");
             if let Some(reply_to) = job.delivery.properties.reply_to() {
-                let props = BasicProperties::default().with_correlation_id(job_id.to_string().into());
+                let props =
+                    BasicProperties::default().with_correlation_id(job_id.to_string().into());
                 // A lost reply only makes a waiting client fall back to reading the job.
-                let _ = control.basic_publish("".into(), reply_to.clone(), BasicPublishOptions::default(), b"{}", props).await;
+                let _ = control
+                    .basic_publish(
+                        "".into(),
+                        reply_to.clone(),
+                        BasicPublishOptions::default(),
+                        b"{}",
+                        props,
+                    )
+                    .await;
             }
         }
         Ok(())
     }
 
     /// Apply one job on its own; if even that fails, it is retried later or parked.
-    async fn apply_alone(&self, control: &Channel, job: &JobDelivery) -> anyhow::Result<apply::Report> {
+    async fn apply_alone(
+        &self,
+        control: &Channel,
+        job: &JobDelivery,
+    ) -> anyhow::Result<apply::Report> {
         let e = match apply_with_retries(&self.pool, &[job.job_id]).await {
             Ok(report) => return Ok(report),
             Err(e) => e,
         };
         let why = format!("cannot be applied: {e}");
         let outcome = if crate::store::is_transient(&e) {
-            let disposition = retry::retry_or_park(control, &self.names, &job.delivery, job.attempt, &why).await?;
-            self.record_failure(job.job_id, job.attempt, disposition, &why).await;
+            let disposition =
+                retry::retry_or_park(control, &self.names, &job.delivery, job.attempt, &why)
+                    .await?;
+            self.record_failure(job.job_id, job.attempt, disposition, &why)
+                .await;
             Outcome::Deferred
         } else {
             // Parked with the other settled deliveries of the batch.
-            self.record_failure(job.job_id, job.attempt, Disposition::Dead, &why).await;
+            self.record_failure(job.job_id, job.attempt, Disposition::Dead, &why)
+                .await;
             Outcome::Dead(why)
         };
         Ok(vec![(job.job_id, outcome)])
@@ -324,12 +429,21 @@ impl Worker {
 
     /// Best effort: the database may be what is failing. A job whose row still says
     /// `queued` is picked up again by the sweeper, so nothing is lost if this fails.
-    async fn record_failure(&self, job_id: Uuid, attempt: u32, disposition: Disposition, why: &str) {
+    async fn record_failure(
+        &self,
+        job_id: Uuid,
+        attempt: u32,
+        disposition: Disposition,
+        why: &str,
+    ) {
         let error = json!({ "code": "apply_failed", "message": why, "attempt": attempt });
         let result = async {
             let mut conn = self.pool.acquire().await?;
             match disposition {
-                Disposition::Retrying { .. } => crate::store::jobs::mark_retrying(&mut conn, job_id, attempt as i32, &error).await,
+                Disposition::Retrying { .. } => {
+                    crate::store::jobs::mark_retrying(&mut conn, job_id, attempt as i32, &error)
+                        .await
+                }
                 Disposition::Dead => crate::store::jobs::mark_dead(&mut conn, job_id, &error).await,
             }
         }

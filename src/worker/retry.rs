@@ -3,8 +3,8 @@
 //! original is acked, so a job is never in neither place.
 
 use super::delivery::{ATTEMPT_HEADER, REASON_HEADER};
-use crate::broker::publisher::PublishError;
 use crate::broker::Names;
+use crate::broker::publisher::PublishError;
 use lapin::message::Delivery;
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, LongString};
@@ -22,20 +22,38 @@ async fn copy_to(
     let mut headers = delivery.properties.headers().clone().unwrap_or_default();
     headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongInt(attempt as i32));
     let reason: String = reason.chars().take(1000).collect();
-    headers.insert(REASON_HEADER.into(), AMQPValue::LongString(LongString::from(reason)));
-    let mut props: BasicProperties = delivery.properties.clone().with_headers(headers).with_delivery_mode(2);
+    headers.insert(
+        REASON_HEADER.into(),
+        AMQPValue::LongString(LongString::from(reason)),
+    );
+    let mut props: BasicProperties = delivery
+        .properties
+        .clone()
+        .with_headers(headers)
+        .with_delivery_mode(2);
     if let Some(ms) = expiration_ms {
         props = props.with_expiration(ms.to_string().into());
     }
     let confirm = channel
-        .basic_publish("".into(), queue.into(), BasicPublishOptions { mandatory: true, ..Default::default() }, &delivery.data, props)
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            &delivery.data,
+            props,
+        )
         .await?
         .await?;
     match confirm {
         Confirmation::Ack(None) => Ok(()),
         Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable(queue.to_owned())),
         Confirmation::Nack(_) => Err(PublishError::Nacked),
-        Confirmation::NotRequested => Err(PublishError::Unavailable("control channel not in confirm mode".into())),
+        Confirmation::NotRequested => Err(PublishError::Unavailable(
+            "control channel not in confirm mode".into(),
+        )),
     }
 }
 
@@ -61,8 +79,18 @@ pub async fn retry_or_park(
     if attempt < names.retry.max_attempts {
         let step = names.retry.delay_after(attempt).as_millis();
         let jittered = step * 3 / 4 + (fastrand::u64(0..=(step as u64 / 4)) as u128);
-        copy_to(channel, &names.jobs_retry(attempt), delivery, attempt + 1, reason, Some(jittered)).await?;
-        Ok(Disposition::Retrying { next_attempt: attempt + 1 })
+        copy_to(
+            channel,
+            &names.jobs_retry(attempt),
+            delivery,
+            attempt + 1,
+            reason,
+            Some(jittered),
+        )
+        .await?;
+        Ok(Disposition::Retrying {
+            next_attempt: attempt + 1,
+        })
     } else {
         park(channel, names, delivery, attempt, reason).await?;
         Ok(Disposition::Dead)
@@ -70,6 +98,12 @@ pub async fn retry_or_park(
 }
 
 /// Park a delivery in the dead queue with its reason.
-pub async fn park(channel: &Channel, names: &Names, delivery: &Delivery, attempt: u32, reason: &str) -> Result<(), PublishError> {
+pub async fn park(
+    channel: &Channel,
+    names: &Names,
+    delivery: &Delivery,
+    attempt: u32,
+    reason: &str,
+) -> Result<(), PublishError> {
     copy_to(channel, &names.jobs_dead, delivery, attempt, reason, None).await
 }

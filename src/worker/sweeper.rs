@@ -13,7 +13,13 @@ use tokio_util::sync::CancellationToken;
 const SWEEP_BATCH: i64 = 500;
 
 /// Sweep every `interval` until shutdown.
-pub async fn run(pool: PgPool, publisher: JobPublisher, older_than: Duration, interval: Duration, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    pool: PgPool,
+    publisher: JobPublisher,
+    older_than: Duration,
+    interval: Duration,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -21,20 +27,42 @@ pub async fn run(pool: PgPool, publisher: JobPublisher, older_than: Duration, in
         }
         match sweep_once(&pool, &publisher, older_than).await {
             Ok(0) => {}
-            Ok(n) => tracing::warn!(jobs = n, "republished jobs that were accepted but not in any queue"),
+            Ok(n) => tracing::warn!(
+                jobs = n,
+                "republished jobs that were accepted but not in any queue"
+            ),
             Err(e) => tracing::warn!(error = format!("{e:#}"), "sweep failed; will try again"),
         }
     }
 }
 
 /// One sweep; returns how many jobs were published again.
-pub async fn sweep_once(pool: &PgPool, publisher: &JobPublisher, older_than: Duration) -> anyhow::Result<usize> {
+pub async fn sweep_once(
+    pool: &PgPool,
+    publisher: &JobPublisher,
+    older_than: Duration,
+) -> anyhow::Result<usize> {
     let mut total = 0;
     loop {
-        let stale = jobs::take_stale(&mut *pool.acquire().await?, older_than.as_secs_f64(), SWEEP_BATCH).await?;
+        let stale = jobs::take_stale(
+            &mut *pool.acquire().await?,
+            older_than.as_secs_f64(),
+            SWEEP_BATCH,
+        )
+        .await?;
         for job in &stale {
-            let actor = Actor { id: job.actor_id, role: job.actor_role };
-            publisher.publish(&JobMessage { job_id: job.id }, &actor, job.customer_id, false).await?;
+            let actor = Actor {
+                id: job.actor_id,
+                role: job.actor_role,
+            };
+            publisher
+                .publish(
+                    &JobMessage { job_id: job.id },
+                    &actor,
+                    job.customer_id,
+                    false,
+                )
+                .await?;
         }
         total += stale.len();
         if (stale.len() as i64) < SWEEP_BATCH {

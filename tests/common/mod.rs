@@ -199,7 +199,10 @@ impl TestSystem {
                 .expect("building the HTTP client"),
             pool: None,
             stopped: false,
-            extra_env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            extra_env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         system.spawn().await;
         // The schema exists now: `all` applies the migrations before it listens.
