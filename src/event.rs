@@ -2,24 +2,27 @@
 //! `seq` by the relay, published to `orderflow.events`, streamed by the SSE bridge. The
 //! JSON is the same everywhere (API.md, "Live events").
 
-use crate::domain::{Actor, OrderStatus};
+use crate::domain::{Actor, OrderStatus, PaymentStatus, Role};
 use crate::store::orders::Order;
-use chrono::Utc;
-use serde_json::{Value, json};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::borrow::Cow;
 use uuid::Uuid;
 
 pub const ORDER_CREATED: &str = "order.created";
 pub const ORDER_STATUS_CHANGED: &str = "order.status_changed";
 pub const BULK_PROGRESS: &str = "bulk.progress";
 
-/// An event to be written to the outbox (it has no `seq` yet).
+/// An event to be written to the outbox (it has no `seq` yet). The payload is JSON text,
+/// serialized once here and never parsed again on its way out.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
     pub order_id: Option<Uuid>,
     pub customer_id: Option<Uuid>,
     pub event_type: &'static str,
     pub routing_key: String,
-    pub payload: Value,
+    pub payload: String,
 }
 
 /// Who changed what, for the event and the audit row alike.
@@ -32,6 +35,31 @@ pub struct Change<'a> {
     pub bulk_id: Option<Uuid>,
 }
 
+/// The payload of `order.created` and `order.status_changed` (API.md, "Live events").
+#[derive(Serialize)]
+struct OrderPayload<'a> {
+    #[serde(rename = "type")]
+    event_type: &'static str,
+    order_id: Uuid,
+    customer_id: Uuid,
+    from: Option<OrderStatus>,
+    to: OrderStatus,
+    action: &'a str,
+    payment_status: PaymentStatus,
+    version: i64,
+    actor: ActorPayload,
+    reason: Option<&'a str>,
+    job_id: Option<Uuid>,
+    bulk_id: Option<Uuid>,
+    at: DateTime<Utc>,
+}
+
+#[derive(Serialize)]
+struct ActorPayload {
+    id: Uuid,
+    role: Role,
+}
+
 impl NewEvent {
     /// The event announcing `order` as it is after `change` (creation when `from` is None).
     pub fn order(order: &Order, change: &Change<'_>) -> Self {
@@ -42,31 +70,33 @@ impl NewEvent {
                 format!("order.status.{}", order.status),
             ),
         };
+        let payload = OrderPayload {
+            event_type,
+            order_id: order.id,
+            customer_id: order.customer_id,
+            from: change.from,
+            to: order.status,
+            action: change.action,
+            payment_status: order.payment_status,
+            version: order.version,
+            actor: ActorPayload {
+                id: change.actor.id,
+                role: change.actor.role,
+            },
+            reason: change.reason,
+            job_id: change.job_id,
+            bulk_id: change.bulk_id,
+            at: order.updated_at,
+        };
         NewEvent {
             order_id: Some(order.id),
             customer_id: Some(order.customer_id),
             event_type,
             routing_key,
-            payload: json!({
-                "type": event_type,
-                "order_id": order.id,
-                "customer_id": order.customer_id,
-                "from": change.from,
-                "to": order.status,
-                "action": change.action,
-                "payment_status": order.payment_status,
-                "version": order.version,
-                "actor": { "id": change.actor.id, "role": change.actor.role },
-                "reason": change.reason,
-                "job_id": change.job_id,
-                "bulk_id": change.bulk_id,
-                "at": order.updated_at,
-            }),
+            payload: serde_json::to_string(&payload).expect("an event payload serializes"),
         }
     }
-}
 
-impl NewEvent {
     /// A bulk operation's progress (for admins and support on SSE, and downstream).
     pub fn bulk_progress(bulk: &crate::store::bulk::BulkOp) -> Self {
         let mut payload = bulk.view();
@@ -78,7 +108,7 @@ impl NewEvent {
             customer_id: None,
             event_type: BULK_PROGRESS,
             routing_key: BULK_PROGRESS.to_owned(),
-            payload,
+            payload: payload.to_string(),
         }
     }
 }
@@ -96,41 +126,102 @@ pub struct Event {
     pub data: String,
 }
 
+/// The fields of a published event the bridge routes by; the rest stays text.
+#[derive(Deserialize)]
+struct Head<'a> {
+    seq: i64,
+    #[serde(rename = "type", borrow)]
+    event_type: Option<Cow<'a, str>>,
+    order_id: Option<Uuid>,
+    customer_id: Option<Uuid>,
+    #[serde(borrow)]
+    to: Option<Cow<'a, str>>,
+}
+
 impl Event {
-    /// Build the wire event from a stored payload and its seq.
-    pub fn sequenced(seq: i64, routing_key: String, mut payload: Value) -> Self {
-        if let Value::Object(map) = &mut payload {
-            map.insert("seq".into(), Value::from(seq));
+    /// The wire event of a stored outbox row: `payload` (a JSON object's text) with `seq`
+    /// spliced in as its first member.
+    pub fn stored(
+        seq: i64,
+        event_type: String,
+        routing_key: String,
+        order_id: Option<Uuid>,
+        customer_id: Option<Uuid>,
+        to: Option<String>,
+        payload: &str,
+    ) -> Self {
+        let rest = payload.trim_start().strip_prefix('{').unwrap_or("}");
+        let separator = if rest.trim_start().starts_with('}') {
+            ""
+        } else {
+            ","
+        };
+        Event {
+            seq,
+            event_type,
+            routing_key,
+            order_id,
+            customer_id,
+            to,
+            data: format!("{{\"seq\":{seq}{separator}{rest}"),
         }
-        Self::from_value(seq, routing_key, &payload)
     }
 
     /// Parse a published message body (the bridge's side). None if it is not an event.
     pub fn parse(routing_key: &str, body: &[u8]) -> Option<Self> {
-        let value: Value = serde_json::from_slice(body).ok()?;
-        let seq = value.get("seq")?.as_i64()?;
-        Some(Self::from_value(seq, routing_key.to_owned(), &value))
+        let data = std::str::from_utf8(body).ok()?;
+        let head: Head<'_> = serde_json::from_str(data).ok()?;
+        Some(Event {
+            seq: head.seq,
+            event_type: head.event_type.as_deref().unwrap_or("unknown").to_owned(),
+            routing_key: routing_key.to_owned(),
+            order_id: head.order_id,
+            customer_id: head.customer_id,
+            to: head.to.map(Cow::into_owned),
+            data: data.to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seq_is_spliced_into_the_stored_payload_and_parsed_back() {
+        let order_id = Uuid::now_v7();
+        let stored = Event::stored(
+            42,
+            ORDER_STATUS_CHANGED.into(),
+            "order.status.confirmed".into(),
+            Some(order_id),
+            None,
+            Some("confirmed".into()),
+            &format!(
+                r#"{{"to": "confirmed", "type": "order.status_changed", "order_id": "{order_id}"}}"#
+            ),
+        );
+        let value: Value = serde_json::from_str(&stored.data).expect("valid JSON");
+        assert_eq!(value["seq"], 42);
+        assert_eq!(value["to"], "confirmed");
+        let parsed =
+            Event::parse("order.status.confirmed", stored.data.as_bytes()).expect("an event");
+        assert_eq!(
+            (
+                parsed.seq,
+                parsed.event_type.as_str(),
+                parsed.order_id,
+                parsed.to.as_deref()
+            ),
+            (42, ORDER_STATUS_CHANGED, Some(order_id), Some("confirmed"))
+        );
+        let empty = Event::stored(7, "x".into(), "x".into(), None, None, None, "{}");
+        assert_eq!(empty.data, r#"{"seq":7}"#);
     }
 
-    fn from_value(seq: i64, routing_key: String, value: &Value) -> Self {
-        let uuid = |k: &str| {
-            value
-                .get(k)
-                .and_then(Value::as_str)
-                .and_then(|s| s.parse().ok())
-        };
-        Event {
-            seq,
-            event_type: value
-                .get("type")
-                .and_then(Value::as_str)
-                .unwrap_or("unknown")
-                .to_owned(),
-            routing_key,
-            order_id: uuid("order_id"),
-            customer_id: uuid("customer_id"),
-            to: value.get("to").and_then(Value::as_str).map(str::to_owned),
-            data: value.to_string(),
-        }
+    #[test]
+    fn a_body_without_seq_is_not_an_event() {
+        assert!(Event::parse("order.created", br#"{"type":"order.created"}"#).is_none());
+        assert!(Event::parse("order.created", b"not json").is_none());
     }
 }

@@ -314,11 +314,12 @@ async fn apply_all(sys: &TestSystem, token: &str, ids: &[Uuid], body: Value) {
 async fn wait_outbox_drained(sys: &TestSystem, within: Duration) {
     let started = Instant::now();
     loop {
-        let left: i64 =
-            sqlx::query_scalar("select count(*) from outbox where published_at is null")
-                .fetch_one(sys.db())
-                .await
-                .expect("counting unpublished outbox rows");
+        let left: i64 = sqlx::query_scalar(
+            "select count(*) from outbox where seq is null or seq > (select published_seq from outbox_cursor)",
+        )
+        .fetch_one(sys.db())
+        .await
+        .expect("counting unpublished outbox rows");
         if left == 0 {
             return;
         }

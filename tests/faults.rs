@@ -990,7 +990,7 @@ impl Database {
                     count(*) filter (where event_type = 'order.status_changed') as status_changes,
                     count(*) filter (where event_type = 'order.created') as created,
                     count(seq) as sequenced, count(distinct seq) as distinct_seqs,
-                    min(seq) as min_seq, max(seq) as max_seq, count(published_at) as published,
+                    min(seq) as min_seq, max(seq) as max_seq, count(*) filter (where seq <= (select published_seq from outbox_cursor)) as published,
                     (select count(*) from jobs j
                         left join (select payload->>'job_id' as job_id, count(*) as n from outbox
                                    where event_type = 'order.status_changed' group by 1) o
@@ -1549,7 +1549,7 @@ async fn no_job_lost_or_applied_twice_under_crashes_and_restarts() {
     while drain_started.elapsed() < DRAIN_DEADLINE {
         let state: Result<(i64, i64, Option<i64>), _> = sqlx::query_as(
             "select (select count(*) from jobs where id = any($1) and status = any($2)),
-                    (select count(*) from outbox where published_at is null),
+                    (select count(*) from outbox where seq is null or seq > (select published_seq from outbox_cursor)),
                     (select max(seq) from outbox)",
         )
         .bind(&accepted)

@@ -4,7 +4,7 @@
 //! hot standbys and take over when its session ends. Each round first republishes rows
 //! that were sequenced but not confirmed (a previous relay died mid-flight: same seqs, so
 //! consumers dedupe), then sequences new rows in id order, commits the seqs, publishes
-//! them with pipelined confirms and marks them published.
+//! them with pipelined confirms and moves the published cursor (`outbox_cursor`) past them.
 
 use crate::broker::publisher::EventPublisher;
 use crate::broker::{self, Names};
@@ -139,24 +139,24 @@ async fn publish_loop(
     Ok(())
 }
 
-/// One round: republish what is sequenced but unconfirmed, else sequence and publish new rows.
+/// One round: republish what is sequenced but unconfirmed, else sequence new rows (and
+/// commit their seqs) — then publish them in seq order, wait for every confirm, and move
+/// the published cursor past them.
 pub async fn round(pool: &PgPool, publisher: &EventPublisher, batch: i64) -> anyhow::Result<Round> {
     let mut conn = pool.acquire().await?;
     let mut pending = outbox::unpublished(&mut conn, batch).await?;
     if pending.is_empty() {
         let mut tx = pool.begin().await?;
-        let sequenced = outbox::assign_seqs(&mut tx, batch).await?;
+        pending = outbox::sequence(&mut tx, batch).await?;
         tx.commit().await?;
-        if sequenced == 0 {
-            return Ok(Round::Idle);
-        }
-        pending = outbox::unpublished(&mut conn, batch).await?;
     }
+    let Some(last) = pending.last().map(|e| e.seq) else {
+        return Ok(Round::Idle);
+    };
     publisher
         .publish_all(&pending)
         .await
         .context("publishing events")?;
-    let seqs: Vec<i64> = pending.iter().map(|e| e.seq).collect();
-    outbox::mark_published(&mut conn, &seqs).await?;
+    outbox::mark_published(&mut conn, last).await?;
     Ok(Round::Published(pending.len()))
 }

@@ -96,10 +96,14 @@ mod tests {
     use super::*;
 
     fn ev(seq: i64) -> Event {
-        Event::sequenced(
+        Event::stored(
             seq,
             "order.created".into(),
-            serde_json::json!({ "type": "order.created" }),
+            "order.created".into(),
+            None,
+            None,
+            None,
+            r#"{"type": "order.created"}"#,
         )
     }
 

@@ -2,8 +2,8 @@
 //! and kept for the retention window as the replay log.
 
 use crate::event::{Event, NewEvent};
-use serde_json::Value;
 use sqlx::PgConnection;
+use uuid::Uuid;
 
 /// Insert events in one statement, in slice order (their ids follow it).
 pub async fn insert_many(conn: &mut PgConnection, events: &[NewEvent]) -> sqlx::Result<()> {
@@ -12,8 +12,8 @@ pub async fn insert_many(conn: &mut PgConnection, events: &[NewEvent]) -> sqlx::
     }
     sqlx::query(
         "insert into outbox (order_id, customer_id, event_type, routing_key, payload)
-         select order_id, customer_id, event_type, routing_key, payload
-         from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[]) with ordinality
+         select order_id, customer_id, event_type, routing_key, payload::jsonb
+         from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[]) with ordinality
               as t(order_id, customer_id, event_type, routing_key, payload, ord)
          order by ord",
     )
@@ -26,70 +26,111 @@ pub async fn insert_many(conn: &mut PgConnection, events: &[NewEvent]) -> sqlx::
             .map(|e| e.routing_key.as_str())
             .collect::<Vec<_>>(),
     )
-    .bind(events.iter().map(|e| &e.payload).collect::<Vec<_>>())
+    .bind(
+        events
+            .iter()
+            .map(|e| e.payload.as_str())
+            .collect::<Vec<_>>(),
+    )
     .execute(conn)
     .await?;
     Ok(())
 }
 
+/// The columns every sequenced event is read with (see [`StoredEvent`]).
+const EVENT_COLUMNS: &str = "seq, event_type, routing_key, order_id, customer_id, \
+     payload->>'to' as to_status, payload::text as payload";
+
+/// A sequenced outbox row as read back: the payload stays JSON text, nothing is parsed.
 #[derive(Debug, sqlx::FromRow)]
-struct SequencedRow {
+struct StoredEvent {
     seq: i64,
+    event_type: String,
     routing_key: String,
-    payload: Value,
+    order_id: Option<Uuid>,
+    customer_id: Option<Uuid>,
+    to_status: Option<String>,
+    payload: String,
 }
 
-impl From<SequencedRow> for Event {
-    fn from(r: SequencedRow) -> Self {
-        Event::sequenced(r.seq, r.routing_key, r.payload)
+impl From<StoredEvent> for Event {
+    fn from(r: StoredEvent) -> Self {
+        Event::stored(
+            r.seq,
+            r.event_type,
+            r.routing_key,
+            r.order_id,
+            r.customer_id,
+            r.to_status,
+            &r.payload,
+        )
     }
+}
+
+fn events(mut rows: Vec<StoredEvent>) -> Vec<Event> {
+    rows.sort_unstable_by_key(|r| r.seq);
+    rows.into_iter().map(Event::from).collect()
 }
 
 /// Give the oldest unsequenced rows (id order) the next seqs, gap-free after the highest
-/// seq so far. Only the relay holding the advisory lock calls this, so `max(seq)` is stable.
-/// Returns how many rows were sequenced.
-pub async fn assign_seqs(conn: &mut PgConnection, limit: i64) -> sqlx::Result<u64> {
-    let ids: Vec<i64> = sqlx::query_scalar(
-        "select id from outbox where seq is null order by id limit $1 for update",
-    )
-    .bind(limit)
-    .fetch_all(&mut *conn)
-    .await?;
-    if ids.is_empty() {
-        return Ok(0);
-    }
-    let done = sqlx::query(
-        "update outbox o set seq = base.max_seq + t.ord
-         from unnest($1::bigint[]) with ordinality as t(id, ord),
-              (select coalesce(max(seq), 0) as max_seq from outbox) base
-         where o.id = t.id",
-    )
-    .bind(&ids)
-    .execute(conn)
-    .await?;
-    Ok(done.rows_affected())
-}
-
-/// Sequenced rows not yet confirmed by the broker, in seq order.
-pub async fn unpublished(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<Event>> {
-    let rows: Vec<SequencedRow> = sqlx::query_as(
-        "select seq, routing_key, payload from outbox
-         where seq is not null and published_at is null order by seq limit $1",
-    )
+/// seq so far, and return them in seq order. Only the relay holding the advisory lock calls
+/// this, so `max(seq)` is stable; were two ever to race, the unique `seq` fails one of them.
+pub async fn sequence(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<Event>> {
+    let rows: Vec<StoredEvent> = sqlx::query_as(&format!(
+        "with next as (select id from outbox where seq is null order by id limit $1),
+              numbered as (select id, row_number() over (order by id) as ord from next),
+              base as (select coalesce(max(seq), 0) as max_seq from outbox)
+         update outbox o set seq = base.max_seq + n.ord
+         from numbered n, base
+         where o.id = n.id
+         returning {EVENT_COLUMNS}"
+    ))
     .bind(limit)
     .fetch_all(conn)
     .await?;
-    Ok(rows.into_iter().map(Event::from).collect())
+    Ok(events(rows))
 }
 
-pub async fn mark_published(conn: &mut PgConnection, seqs: &[i64]) -> sqlx::Result<()> {
-    sqlx::query(
-        "update outbox set published_at = now() where seq = any($1) and published_at is null",
-    )
-    .bind(seqs)
-    .execute(conn)
+/// Sequenced rows the broker has not confirmed yet (after the published cursor), in seq
+/// order: what a relay that died mid-flight left behind.
+pub async fn unpublished(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<Event>> {
+    let rows: Vec<StoredEvent> = sqlx::query_as(&format!(
+        "select {EVENT_COLUMNS} from outbox
+         where seq > (select published_seq from outbox_cursor) order by seq limit $1"
+    ))
+    .bind(limit)
+    .fetch_all(conn)
     .await?;
+    Ok(events(rows))
+}
+
+/// Every event up to `seq` is confirmed by the broker (the relay publishes in seq order).
+pub async fn mark_published(conn: &mut PgConnection, seq: i64) -> sqlx::Result<()> {
+    sqlx::query("update outbox_cursor set published_seq = greatest(published_seq, $1)")
+        .bind(seq)
+        .execute(conn)
+        .await?;
     Ok(())
+}
+
+/// The highest seq the broker has confirmed.
+pub async fn published_seq(conn: &mut PgConnection) -> sqlx::Result<i64> {
+    sqlx::query_scalar("select published_seq from outbox_cursor")
+        .fetch_one(conn)
+        .await
+}
+
+/// Whether every row with `id <= up_to_id` is sequenced and published (`None`: all rows).
+pub async fn is_published(conn: &mut PgConnection, up_to_id: Option<i64>) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "select not exists (select 1 from outbox where seq is null and ($1::bigint is null or id <= $1))
+            and not exists (select 1 from outbox
+                            where seq > (select published_seq from outbox_cursor)
+                              and ($1::bigint is null or id <= $1))",
+    )
+    .bind(up_to_id)
+    .fetch_one(conn)
+    .await
 }
 
 /// Sequenced events with `after < seq < before`, in seq order (replay for SSE clients).
@@ -99,16 +140,16 @@ pub async fn replay(
     before: Option<i64>,
     limit: i64,
 ) -> sqlx::Result<Vec<Event>> {
-    let rows: Vec<SequencedRow> = sqlx::query_as(
-        "select seq, routing_key, payload from outbox
-         where seq > $1 and ($2::bigint is null or seq < $2) order by seq limit $3",
-    )
+    let rows: Vec<StoredEvent> = sqlx::query_as(&format!(
+        "select {EVENT_COLUMNS} from outbox
+         where seq > $1 and ($2::bigint is null or seq < $2) order by seq limit $3"
+    ))
     .bind(after)
     .bind(before)
     .bind(limit)
     .fetch_all(conn)
     .await?;
-    Ok(rows.into_iter().map(Event::from).collect())
+    Ok(events(rows))
 }
 
 /// The lowest and highest seq still in the table (None when nothing is sequenced).
