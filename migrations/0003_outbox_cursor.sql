@@ -22,3 +22,15 @@ alter table outbox drop column published_at;
 -- key-share lock and an index probe per row). Rows are written only by the apply path,
 -- which has just locked the order they reference, and orders are never deleted.
 alter table order_status_history drop constraint order_status_history_order_id_fkey;
+
+-- Writers insert rows without a seq: index seqs only once the relay assigns them.
+alter table outbox drop constraint outbox_seq_key;
+create unique index outbox_seq_idx on outbox (seq) where seq is not null;
+
+-- The payload is written once and read back verbatim (relay, SSE replay), never queried
+-- by the system: plain `json` keeps its text as written, with no binary form to build on
+-- insert and to print on every read. The status an event moved to is a column, for SSE
+-- filters on replay.
+alter table outbox alter column payload type json using payload::json;
+alter table outbox add column to_status text;
+update outbox set to_status = payload->>'to';

@@ -22,6 +22,8 @@ pub struct NewEvent {
     pub customer_id: Option<Uuid>,
     pub event_type: &'static str,
     pub routing_key: String,
+    /// The order's status after the change (order events).
+    pub to_status: Option<&'static str>,
     pub payload: String,
 }
 
@@ -93,6 +95,7 @@ impl NewEvent {
             customer_id: Some(order.customer_id),
             event_type,
             routing_key,
+            to_status: Some(order.status.as_str()),
             payload: serde_json::to_string(&payload).expect("an event payload serializes"),
         }
     }
@@ -108,6 +111,7 @@ impl NewEvent {
             customer_id: None,
             event_type: BULK_PROGRESS,
             routing_key: BULK_PROGRESS.to_owned(),
+            to_status: None,
             payload: payload.to_string(),
         }
     }

@@ -282,17 +282,27 @@ pub async fn abandon_unqueued(
     Ok(true)
 }
 
-/// Snapshot the selection into items (id order) and start the bulk. Returns the total.
-pub async fn snapshot(conn: &mut PgConnection, id: Uuid, sel: &Selection) -> sqlx::Result<i64> {
+/// Snapshot the selection (id order) into chunks of `chunk_size` orders and start the
+/// bulk. Returns the total.
+pub async fn snapshot(
+    conn: &mut PgConnection,
+    id: Uuid,
+    sel: &Selection,
+    chunk_size: i64,
+) -> sqlx::Result<i64> {
     let sql = format!(
-        "with inserted as (
-             insert into bulk_items (bulk_id, position, order_id)
-             select $9, row_number() over (order by id), id from orders where {SELECTION_WHERE}
-             returning 1)
-         select count(*) from inserted"
+        "with selected as (
+             select id, row_number() over (order by id) as position from orders where {SELECTION_WHERE}),
+         chunks as (
+             insert into bulk_chunks (bulk_id, chunk, first_position, order_ids)
+             select $9, (position - 1) / $10, min(position), array_agg(id order by position)
+             from selected group by (position - 1) / $10
+             returning cardinality(order_ids) as n)
+         select coalesce(sum(n), 0)::bigint from chunks"
     );
     let (total,): (i64,) = bind_selection(sqlx::query_as(&sql), sel)
         .bind(id)
+        .bind(chunk_size.max(1))
         .fetch_one(&mut *conn)
         .await?;
     sqlx::query("update bulk_operations set status = 'running', total = $2, started_at = now(), updated_at = now() where id = $1")
@@ -303,15 +313,62 @@ pub async fn snapshot(conn: &mut PgConnection, id: Uuid, sel: &Selection) -> sql
     Ok(total)
 }
 
-/// The next `limit` items without an outcome, in position order.
-pub async fn pending_items(
+/// The snapshot's items without an outcome yet, in position order: of the chunks from
+/// `next_chunk` on (`$2`), or of `next_chunk` alone.
+const PENDING_ITEMS: &str = "
+    select (c.first_position + o.i - 1)::int as position, o.id as order_id
+    from bulk_chunks c
+    join bulk_operations op on op.id = c.bulk_id
+    cross join lateral unnest(c.order_ids) with ordinality as o(id, i)
+    where c.bulk_id = $1 and c.chunk >= op.next_chunk and ($2 or c.chunk = op.next_chunk)
+      and not exists (select 1 from bulk_items b
+                      where b.bulk_id = $1 and b.position = c.first_position + o.i - 1)
+    order by c.chunk, o.i";
+
+/// A chunk of the snapshot, and its items that have no outcome yet.
+pub struct Chunk {
+    pub chunk: i32,
+    pub items: Vec<(i32, Uuid)>,
+}
+
+/// The next chunk with items to apply, skipping chunks whose items all have outcomes (a
+/// worker died after recording the last of them). None when every chunk is done.
+pub async fn next_chunk(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<Chunk>> {
+    loop {
+        let chunk: Option<i32> = sqlx::query_scalar(
+            "select c.chunk from bulk_chunks c join bulk_operations op on op.id = c.bulk_id
+             where c.bulk_id = $1 and c.chunk = op.next_chunk",
+        )
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some(chunk) = chunk else {
+            return Ok(None);
+        };
+        let items = sqlx::query_as(PENDING_ITEMS)
+            .bind(id)
+            .bind(false)
+            .fetch_all(&mut *conn)
+            .await?;
+        if !items.is_empty() {
+            return Ok(Some(Chunk { chunk, items }));
+        }
+        sqlx::query("update bulk_operations set next_chunk = $2 + 1 where id = $1")
+            .bind(id)
+            .bind(chunk)
+            .execute(&mut *conn)
+            .await?;
+    }
+}
+
+/// Every item without an outcome yet, in position order (an atomic bulk's whole selection).
+pub async fn all_pending_items(
     conn: &mut PgConnection,
     id: Uuid,
-    limit: i64,
 ) -> sqlx::Result<Vec<(i32, Uuid)>> {
-    sqlx::query_as("select position, order_id from bulk_items where bulk_id = $1 and outcome is null order by position limit $2")
+    sqlx::query_as(PENDING_ITEMS)
         .bind(id)
-        .bind(limit)
+        .bind(true)
         .fetch_all(conn)
         .await
 }
@@ -319,37 +376,40 @@ pub async fn pending_items(
 /// One item's outcome.
 pub struct ItemOutcome {
     pub position: i32,
+    pub order_id: Uuid,
     pub outcome: &'static str,
     pub code: Option<String>,
     pub from: Option<String>,
     pub to: Option<String>,
 }
 
-/// Record outcomes set-wise and add them to the bulk's counters; returns the updated bulk.
+/// Record outcomes set-wise and add them to the bulk's counters; with `done`, that chunk
+/// is finished and the bulk resumes after it. Returns the updated bulk.
 pub async fn record(
     conn: &mut PgConnection,
     id: Uuid,
     items: &[ItemOutcome],
+    done: Option<i32>,
 ) -> sqlx::Result<BulkOp> {
     if !items.is_empty() {
         sqlx::query(
-            "update bulk_items b set outcome = v.outcome, code = v.code, from_status = v.from_status, to_status = v.to_status
-             from unnest($2::int[], $3::text[], $4::text[], $5::text[], $6::text[]) as v(position, outcome, code, from_status, to_status)
-             where b.bulk_id = $1 and b.position = v.position",
+            "insert into bulk_items (bulk_id, position, order_id, outcome, code, from_status, to_status)
+             select $1, * from unnest($2::int[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[])",
         )
         .bind(id)
         .bind(items.iter().map(|i| i.position).collect::<Vec<_>>())
+        .bind(items.iter().map(|i| i.order_id).collect::<Vec<_>>())
         .bind(items.iter().map(|i| i.outcome).collect::<Vec<_>>())
-        .bind(items.iter().map(|i| i.code.clone()).collect::<Vec<_>>())
-        .bind(items.iter().map(|i| i.from.clone()).collect::<Vec<_>>())
-        .bind(items.iter().map(|i| i.to.clone()).collect::<Vec<_>>())
+        .bind(items.iter().map(|i| i.code.as_deref()).collect::<Vec<_>>())
+        .bind(items.iter().map(|i| i.from.as_deref()).collect::<Vec<_>>())
+        .bind(items.iter().map(|i| i.to.as_deref()).collect::<Vec<_>>())
         .execute(&mut *conn)
         .await?;
     }
     let count = |o: &str| items.iter().filter(|i| i.outcome == o).count() as i32;
     sqlx::query_as(&format!(
         "update bulk_operations set applied = applied + $2, rejected = rejected + $3, failed = failed + $4,
-                skipped = skipped + $5, updated_at = now()
+                skipped = skipped + $5, next_chunk = coalesce($6 + 1, next_chunk), updated_at = now()
          where id = $1 returning {COLUMNS}"
     ))
     .bind(id)
@@ -357,18 +417,24 @@ pub async fn record(
     .bind(count("rejected"))
     .bind(count("failed"))
     .bind(count("skipped"))
+    .bind(done)
     .fetch_one(conn)
     .await
 }
 
-/// Mark every item still without an outcome `skipped` with `code`; returns the updated bulk.
+/// Record every item still without an outcome as `skipped` with `code`; returns the
+/// updated bulk.
 pub async fn skip_pending(conn: &mut PgConnection, id: Uuid, code: &str) -> sqlx::Result<BulkOp> {
-    let n = sqlx::query("update bulk_items set outcome = 'skipped', code = $2 where bulk_id = $1 and outcome is null")
-        .bind(id)
-        .bind(code)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected() as i32;
+    let n = sqlx::query(&format!(
+        "insert into bulk_items (bulk_id, position, order_id, outcome, code)
+         select $1, p.position, p.order_id, 'skipped', $3 from ({PENDING_ITEMS}) p"
+    ))
+    .bind(id)
+    .bind(true)
+    .bind(code)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected() as i32;
     sqlx::query_as(&format!(
         "update bulk_operations set skipped = skipped + $2, updated_at = now() where id = $1 returning {COLUMNS}"
     ))
@@ -422,11 +488,15 @@ pub struct ResultRow {
     pub to: Option<String>,
 }
 
-/// Every item of a bulk in position order, as a stream (exports need not fit in memory).
+/// Every item of a bulk in position order (those not done yet without an outcome), as a
+/// stream: exports need not fit in memory.
 pub fn results<'c>(conn: &'c mut PgConnection, id: Uuid) -> BoxStream<'c, sqlx::Result<ResultRow>> {
     sqlx::query_as(
-        "select order_id, outcome, code, from_status as \"from\", to_status as \"to\"
-         from bulk_items where bulk_id = $1 order by position",
+        "select o.id as order_id, b.outcome, b.code, b.from_status as \"from\", b.to_status as \"to\"
+         from bulk_chunks c
+         cross join lateral unnest(c.order_ids) with ordinality as o(id, i)
+         left join bulk_items b on b.bulk_id = c.bulk_id and b.position = c.first_position + o.i - 1
+         where c.bulk_id = $1 order by c.chunk, o.i",
     )
     .bind(id)
     .fetch(conn)

@@ -11,27 +11,18 @@ pub async fn insert_many(conn: &mut PgConnection, events: &[NewEvent]) -> sqlx::
         return Ok(());
     }
     sqlx::query(
-        "insert into outbox (order_id, customer_id, event_type, routing_key, payload)
-         select order_id, customer_id, event_type, routing_key, payload::jsonb
-         from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[]) with ordinality
-              as t(order_id, customer_id, event_type, routing_key, payload, ord)
+        "insert into outbox (order_id, customer_id, event_type, routing_key, to_status, payload)
+         select order_id, customer_id, event_type, routing_key, to_status, payload::json
+         from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[]) with ordinality
+              as t(order_id, customer_id, event_type, routing_key, to_status, payload, ord)
          order by ord",
     )
     .bind(events.iter().map(|e| e.order_id).collect::<Vec<_>>())
     .bind(events.iter().map(|e| e.customer_id).collect::<Vec<_>>())
     .bind(events.iter().map(|e| e.event_type).collect::<Vec<_>>())
-    .bind(
-        events
-            .iter()
-            .map(|e| e.routing_key.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        events
-            .iter()
-            .map(|e| e.payload.as_str())
-            .collect::<Vec<_>>(),
-    )
+    .bind(events.iter().map(|e| e.routing_key.as_str()).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.to_status).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.payload.as_str()).collect::<Vec<_>>())
     .execute(conn)
     .await?;
     Ok(())
@@ -39,7 +30,7 @@ pub async fn insert_many(conn: &mut PgConnection, events: &[NewEvent]) -> sqlx::
 
 /// The columns every sequenced event is read with (see [`StoredEvent`]).
 const EVENT_COLUMNS: &str = "seq, event_type, routing_key, order_id, customer_id, \
-     payload->>'to' as to_status, payload::text as payload";
+     to_status, payload::text as payload";
 
 /// A sequenced outbox row as read back: the payload stays JSON text, nothing is parsed.
 #[derive(Debug, sqlx::FromRow)]

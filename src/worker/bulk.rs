@@ -1,5 +1,5 @@
 //! Bulk operations, worked through in chunks. The first step snapshots the selection into
-//! `bulk_items`; every later step applies the next chunk through the same [`Batch`] as
+//! `bulk_chunks`; every later step applies the next chunk through the same [`Batch`] as
 //! single changes and records each item's outcome, the counters and a `bulk.progress`
 //! event in the chunk's transaction. A worker that dies mid-bulk loses at most the chunk
 //! in hand: the redelivered job resumes at the first item without an outcome.
@@ -61,7 +61,7 @@ pub async fn step(pool: &PgPool, job: &Job, chunk: i64) -> Result<Step, StepErro
         bulk::skip_pending(&mut tx, bulk_id, "cancelled").await?;
         Step::Finished(bulk::finish(&mut tx, bulk_id, "cancelled", None).await?)
     } else if op.status == "queued" {
-        let total = bulk::snapshot(&mut tx, bulk_id, &selection).await?;
+        let total = bulk::snapshot(&mut tx, bulk_id, &selection, chunk).await?;
         tracing::info!(total, mode = %op.mode, "bulk started");
         let op = bulk::get(&mut tx, bulk_id).await?.expect("locked above");
         if total == 0 {
@@ -72,11 +72,17 @@ pub async fn step(pool: &PgPool, job: &Job, chunk: i64) -> Result<Step, StepErro
     } else if op.mode == "atomic" {
         Step::Finished(atomic(&mut tx, &op, job.id, &request).await?)
     } else {
-        let items = bulk::pending_items(&mut tx, bulk_id, chunk).await?;
-        if items.is_empty() {
-            Step::Finished(bulk::finish(&mut tx, bulk_id, "completed", None).await?)
-        } else {
-            match apply_chunk(&mut tx, &op, job.id, &request, &items).await {
+        if let Some(next) = bulk::next_chunk(&mut tx, bulk_id).await? {
+            match apply_chunk(
+                &mut tx,
+                &op,
+                job.id,
+                &request,
+                &next.items,
+                Some(next.chunk),
+            )
+            .await
+            {
                 Ok(op) => Step::Progressed(op),
                 Err(e) if !crate::store::is_transient(&e) => {
                     // Some order cannot be written: apply this chunk order by order so
@@ -84,11 +90,13 @@ pub async fn step(pool: &PgPool, job: &Job, chunk: i64) -> Result<Step, StepErro
                     tracing::warn!(error = %e, "bulk chunk failed; isolating its orders");
                     drop(tx);
                     return Ok(Step::Progressed(
-                        isolate(pool, &op, job.id, &request, &items).await?,
+                        isolate(pool, &op, job.id, &request, &next).await?,
                     ));
                 }
                 Err(e) => return Err(e.into()),
             }
+        } else {
+            Step::Finished(bulk::finish(&mut tx, bulk_id, "completed", None).await?)
         }
     };
     match &step {
@@ -99,12 +107,14 @@ pub async fn step(pool: &PgPool, job: &Job, chunk: i64) -> Result<Step, StepErro
 }
 
 /// Apply `items` (best effort): every order that may move, moves; the rest get their reason.
+/// With `done`, these are the last items of that chunk.
 async fn apply_chunk(
     conn: &mut PgConnection,
     op: &BulkOp,
     job_id: Uuid,
     request: &ChangeStatus,
     items: &[(i32, Uuid)],
+    done: Option<i32>,
 ) -> sqlx::Result<BulkOp> {
     let ids: Vec<Uuid> = items.iter().map(|(_, id)| *id).collect();
     let mut batch = Batch::load(conn, &ids, true).await?;
@@ -121,26 +131,32 @@ async fn apply_chunk(
         })
         .collect();
     batch.write(conn).await?;
-    bulk::record(conn, op.id, &outcomes).await
+    bulk::record(conn, op.id, &outcomes, done).await
 }
 
-/// Apply `items` one per transaction; an item that cannot be written is recorded `failed`.
+/// Apply a chunk's items one per transaction; an item that cannot be written is recorded
+/// `failed`. The chunk is finished in the last transaction, with the progress event.
 async fn isolate(
     pool: &PgPool,
     op: &BulkOp,
     job_id: Uuid,
     request: &ChangeStatus,
-    items: &[(i32, Uuid)],
+    chunk: &bulk::Chunk,
 ) -> sqlx::Result<BulkOp> {
-    let mut latest = op.clone();
-    for item in items {
+    for item in &chunk.items {
         let mut tx = pool.begin().await?;
         bulk::lock(&mut tx, op.id).await?;
-        match apply_chunk(&mut tx, op, job_id, request, std::slice::from_ref(item)).await {
-            Ok(op) => {
-                tx.commit().await?;
-                latest = op;
-            }
+        match apply_chunk(
+            &mut tx,
+            op,
+            job_id,
+            request,
+            std::slice::from_ref(item),
+            None,
+        )
+        .await
+        {
+            Ok(_) => tx.commit().await?,
             Err(e) if crate::store::is_transient(&e) => return Err(e),
             Err(e) => {
                 drop(tx);
@@ -148,17 +164,20 @@ async fn isolate(
                 let mut tx = pool.begin().await?;
                 let failed = ItemOutcome {
                     position: item.0,
+                    order_id: item.1,
                     outcome: "failed",
                     code: Some("apply_failed".into()),
                     from: None,
                     to: None,
                 };
-                latest = bulk::record(&mut tx, op.id, &[failed]).await?;
+                bulk::record(&mut tx, op.id, &[failed], None).await?;
                 tx.commit().await?;
             }
         }
     }
     let mut tx = pool.begin().await?;
+    bulk::lock(&mut tx, op.id).await?;
+    let latest = bulk::record(&mut tx, op.id, &[], Some(chunk.chunk)).await?;
     progress(&mut tx, &latest).await?;
     tx.commit().await?;
     Ok(latest)
@@ -171,7 +190,7 @@ async fn atomic(
     job_id: Uuid,
     request: &ChangeStatus,
 ) -> sqlx::Result<BulkOp> {
-    let items = bulk::pending_items(conn, op.id, i64::MAX).await?;
+    let items = bulk::all_pending_items(conn, op.id).await?;
     let ids: Vec<Uuid> = items.iter().map(|(_, id)| *id).collect();
     let mut batch = Batch::load(conn, &ids, true).await?;
     let actor = Actor {
@@ -189,7 +208,7 @@ async fn atomic(
     let rejected = outcomes.iter().filter(|o| o.outcome == "rejected").count();
     if rejected == 0 {
         batch.write(conn).await?;
-        bulk::record(conn, op.id, &outcomes).await?;
+        bulk::record(conn, op.id, &outcomes, None).await?;
         return bulk::finish(conn, op.id, "completed", None).await;
     }
     // Nothing is written: the would-be changes are reported as skipped, with the reason.
@@ -199,7 +218,7 @@ async fn atomic(
         o.code = Some("atomic_aborted".into());
         o.to = o.from.clone();
     }
-    bulk::record(conn, op.id, &outcomes).await?;
+    bulk::record(conn, op.id, &outcomes, None).await?;
     let error = json!({
         "code": "atomic_rejected",
         "message": format!("{rejected} of {} orders would be rejected; nothing was changed", outcomes.len()),
@@ -220,6 +239,7 @@ fn judge(
     match batch.apply(order_id, actor, request, Some(job_id), Some(bulk_id)) {
         Ok(applied) => ItemOutcome {
             position,
+            order_id,
             outcome: "applied",
             code: None,
             from,
@@ -227,6 +247,7 @@ fn judge(
         },
         Err(r) => ItemOutcome {
             position,
+            order_id,
             outcome: "rejected",
             code: Some(r.code.as_str().to_owned()),
             to: from.clone(),
