@@ -6,12 +6,14 @@ use crate::domain::Actor;
 use crate::event::Event;
 use crate::job::JobMessage;
 use futures::StreamExt;
+use futures::future::Either;
 use lapin::Confirmation;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 use tokio::sync::oneshot;
 use uuid::Uuid;
@@ -259,6 +261,10 @@ impl JobPublisher {
     }
 }
 
+/// Events queued on the channel, waiting for the broker's confirms (see [`EventPublisher::send`]).
+pub type Sending<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<(), PublishError>> + Send + 'a>>;
+
 /// The relay's publisher of events: pipelined publishes, then every confirm awaited.
 pub struct EventPublisher {
     channel: Channel,
@@ -279,43 +285,68 @@ impl EventPublisher {
     }
 
     /// Publish `events` in order and wait until the broker confirmed all of them.
-    pub async fn publish_all(&self, events: &[Event]) -> Result<(), PublishError> {
-        let mut confirms = Vec::with_capacity(events.len());
-        for e in events {
-            let mut headers = FieldTable::default();
-            if let Some(id) = e.order_id {
-                headers.insert(
-                    "order_id".into(),
-                    AMQPValue::LongString(id.to_string().into()),
-                );
+    /// Queue `events` for publishing, in order, before returning; the returned future
+    /// resolves once the broker has confirmed every one of them (or with the first
+    /// failure). Queue the next batch before awaiting it to keep the broker busy.
+    pub fn send(&self, events: Vec<Event>) -> Sending<'_> {
+        let mut sending: Sending<'_> = Box::pin(async move {
+            // `basic_publish` queues its frames (and takes the next delivery tag) on its
+            // first poll, then waits for the I/O loop to write them. Awaiting each in turn
+            // costs a hand-off to the I/O loop per event; instead each publish is polled
+            // once, in order — which fixes the order on the wire — and the writes are
+            // awaited together.
+            let mut sends = Vec::with_capacity(events.len());
+            for e in &events {
+                let mut send = Box::pin(self.publish(e));
+                let first = futures::poll!(send.as_mut());
+                sends.push(match first {
+                    Poll::Ready(sent) => Either::Left(std::future::ready(sent)),
+                    Poll::Pending => Either::Right(send),
+                });
             }
-            if let Some(id) = e.customer_id {
-                headers.insert(
-                    "customer_id".into(),
-                    AMQPValue::LongString(id.to_string().into()),
-                );
+            let confirms = futures::future::try_join_all(sends).await?;
+            for confirm in confirms {
+                check(confirm.await?, &self.exchange)?;
             }
-            let props = BasicProperties::default()
-                .with_message_id(e.seq.to_string().into())
-                .with_type(e.event_type.as_str().into())
-                .with_content_type("application/json".into())
-                .with_delivery_mode(PERSISTENT)
-                .with_headers(headers);
-            let confirm = self
-                .channel
-                .basic_publish(
-                    self.exchange.as_str().into(),
-                    e.routing_key.as_str().into(),
-                    BasicPublishOptions::default(),
-                    e.data.as_bytes(),
-                    props,
-                )
-                .await?;
-            confirms.push(confirm);
+            Ok(())
+        });
+        // The first poll queues every event; what is left is waiting for the broker.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match sending.as_mut().poll(&mut cx) {
+            Poll::Ready(done) => Box::pin(std::future::ready(done)),
+            Poll::Pending => sending,
         }
-        for confirm in confirms {
-            check(confirm.await?, &self.exchange)?;
+    }
+
+    fn publish<'a>(
+        &'a self,
+        e: &'a Event,
+    ) -> impl Future<Output = lapin::Result<lapin::PublisherConfirm>> + 'a {
+        let mut headers = FieldTable::default();
+        if let Some(id) = e.order_id {
+            headers.insert(
+                "order_id".into(),
+                AMQPValue::LongString(id.to_string().into()),
+            );
         }
-        Ok(())
+        if let Some(id) = e.customer_id {
+            headers.insert(
+                "customer_id".into(),
+                AMQPValue::LongString(id.to_string().into()),
+            );
+        }
+        let props = BasicProperties::default()
+            .with_message_id(e.seq.to_string().into())
+            .with_type(e.event_type.as_str().into())
+            .with_content_type("application/json".into())
+            .with_delivery_mode(PERSISTENT)
+            .with_headers(headers);
+        self.channel.basic_publish(
+            self.exchange.as_str().into(),
+            e.routing_key.as_str().into(),
+            BasicPublishOptions::default(),
+            e.data.as_bytes(),
+            props,
+        )
     }
 }

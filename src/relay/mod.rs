@@ -1,12 +1,13 @@
 //! The outbox relay: publishes committed outbox rows to `orderflow.events`.
 //!
 //! One relay is active at a time (a session-level Postgres advisory lock); others wait as
-//! hot standbys and take over when its session ends. Each round first republishes rows
-//! that were sequenced but not confirmed (a previous relay died mid-flight: same seqs, so
-//! consumers dedupe), then sequences new rows in id order, commits the seqs, publishes
-//! them with pipelined confirms and moves the published cursor (`outbox_cursor`) past them.
+//! hot standbys and take over when its session ends. It first republishes rows that were
+//! sequenced but not confirmed (a previous relay died mid-flight: same seqs, so consumers
+//! dedupe), then sequences new rows in id order a batch at a time, commits the seqs,
+//! publishes them — the next batch is queued while the broker confirms the previous one —
+//! and moves the published cursor (`outbox_cursor`) past each fully confirmed batch.
 
-use crate::broker::publisher::EventPublisher;
+use crate::broker::publisher::{EventPublisher, Sending};
 use crate::broker::{self, Names};
 use crate::config::RelayConfig;
 use crate::store::outbox;
@@ -22,15 +23,6 @@ const RELAY_LOCK: i64 = 0x6f72_6465_7266_6c77; // "orderflw"
 
 /// The NOTIFY channel the outbox insert trigger signals.
 pub const OUTBOX_CHANNEL: &str = "orderflow_outbox";
-
-/// Outcome of one relay round, public so tests can drive the relay step by step.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Round {
-    /// Events were published; there may be more.
-    Published(usize),
-    /// Nothing left to publish.
-    Idle,
-}
 
 /// Run the relay until `shutdown`: wait to become active, then publish; start over after
 /// losing the database or the broker.
@@ -116,18 +108,7 @@ async fn publish_loop(
     let publisher = EventPublisher::open(&conn, names).await?;
     let poll = Duration::from_millis(cfg.relay_poll_ms);
     loop {
-        // The lock's session must still be alive, or a standby may have taken over.
-        sqlx::query("select 1")
-            .execute(&mut *lock)
-            .await
-            .context("relay lock session lost")?;
-        // Drain: publish until a round finds nothing.
-        while let Round::Published(n) = round(pool, &publisher, cfg.relay_batch_size).await? {
-            tracing::debug!(events = n, "published");
-            if shutdown.is_cancelled() {
-                break;
-            }
-        }
+        drain(pool, lock, &publisher, cfg.relay_batch_size, shutdown).await?;
         tokio::select! {
             _ = shutdown.cancelled() => break,
             n = listener.recv() => { n.context("NOTIFY listener")?; }
@@ -139,24 +120,54 @@ async fn publish_loop(
     Ok(())
 }
 
-/// One round: republish what is sequenced but unconfirmed, else sequence new rows (and
-/// commit their seqs) — then publish them in seq order, wait for every confirm, and move
-/// the published cursor past them.
-pub async fn round(pool: &PgPool, publisher: &EventPublisher, batch: i64) -> anyhow::Result<Round> {
+/// Publish until nothing is left (or shutdown): first what is sequenced but unconfirmed,
+/// then new rows, sequenced a batch at a time (their seqs committed before they are sent).
+/// Two batches are in flight: the next one is sequenced and queued while the broker
+/// confirms the previous one, and the published cursor moves past a batch only once every
+/// event of it, and of the batches before it, is confirmed. Returns how many were published.
+pub async fn drain(
+    pool: &PgPool,
+    lock: &mut PgConnection,
+    publisher: &EventPublisher,
+    batch: i64,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<usize> {
     let mut conn = pool.acquire().await?;
-    let mut pending = outbox::unpublished(&mut conn, batch).await?;
-    if pending.is_empty() {
-        let mut tx = pool.begin().await?;
-        pending = outbox::sequence(&mut tx, batch).await?;
-        tx.commit().await?;
+    let mut sent_through = outbox::published_seq(&mut conn).await?;
+    let mut in_flight: Option<(i64, usize, Sending<'_>)> = None;
+    let mut published = 0;
+    loop {
+        // The lock's session must still be alive, or a standby may have taken over.
+        sqlx::query("select 1")
+            .execute(&mut *lock)
+            .await
+            .context("relay lock session lost")?;
+        let mut next = Vec::new();
+        if !shutdown.is_cancelled() {
+            next = outbox::sequenced_after(&mut conn, sent_through, batch).await?;
+            if next.is_empty() {
+                let mut tx = pool.begin().await?;
+                next = outbox::sequence(&mut tx, batch).await?;
+                tx.commit().await?;
+            }
+        }
+        let queued = match next.last() {
+            Some(e) => {
+                let (last, count) = (e.seq, next.len());
+                Some((last, count, publisher.send(next)))
+            }
+            None => None,
+        };
+        if let Some((through, count, confirms)) = in_flight.take() {
+            confirms.await.context("publishing events")?;
+            outbox::mark_published(&mut conn, through).await?;
+            published += count;
+            tracing::debug!(events = count, through, "published");
+        }
+        let Some((last, count, confirms)) = queued else {
+            return Ok(published);
+        };
+        sent_through = last;
+        in_flight = Some((last, count, confirms));
     }
-    let Some(last) = pending.last().map(|e| e.seq) else {
-        return Ok(Round::Idle);
-    };
-    publisher
-        .publish_all(&pending)
-        .await
-        .context("publishing events")?;
-    outbox::mark_published(&mut conn, last).await?;
-    Ok(Round::Published(pending.len()))
 }

@@ -82,13 +82,17 @@ pub async fn sequence(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<E
     Ok(events(rows))
 }
 
-/// Sequenced rows the broker has not confirmed yet (after the published cursor), in seq
-/// order: what a relay that died mid-flight left behind.
-pub async fn unpublished(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<Event>> {
+/// Sequenced rows after `after`, in seq order. After the published cursor, these are
+/// what a relay that died mid-flight left unconfirmed.
+pub async fn sequenced_after(
+    conn: &mut PgConnection,
+    after: i64,
+    limit: i64,
+) -> sqlx::Result<Vec<Event>> {
     let rows: Vec<StoredEvent> = sqlx::query_as(&format!(
-        "select {EVENT_COLUMNS} from outbox
-         where seq > (select published_seq from outbox_cursor) order by seq limit $1"
+        "select {EVENT_COLUMNS} from outbox where seq > $1 order by seq limit $2"
     ))
+    .bind(after)
     .bind(limit)
     .fetch_all(conn)
     .await?;
