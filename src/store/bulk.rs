@@ -314,7 +314,8 @@ pub async fn snapshot(
 }
 
 /// The snapshot's items without an outcome yet, in position order: of the chunks from
-/// `next_chunk` on (`$2`), or of `next_chunk` alone.
+/// `next_chunk` on (`$2`), or of `next_chunk` alone. An item has its outcome when it has a
+/// `bulk_items` row or, if it was applied, its history row (see [`record`]).
 const PENDING_ITEMS: &str = "
     select (c.first_position + o.i - 1)::int as position, o.id as order_id
     from bulk_chunks c
@@ -323,6 +324,8 @@ const PENDING_ITEMS: &str = "
     where c.bulk_id = $1 and c.chunk >= op.next_chunk and ($2 or c.chunk = op.next_chunk)
       and not exists (select 1 from bulk_items b
                       where b.bulk_id = $1 and b.position = c.first_position + o.i - 1)
+      and not exists (select 1 from order_status_history h
+                      where h.bulk_id = $1 and h.order_id = o.id)
     order by c.chunk, o.i";
 
 /// A chunk of the snapshot, and its items that have no outcome yet.
@@ -385,24 +388,29 @@ pub struct ItemOutcome {
 
 /// Record outcomes set-wise and add them to the bulk's counters; with `done`, that chunk
 /// is finished and the bulk resumes after it. Returns the updated bulk.
+///
+/// Only outcomes other than `applied` get a `bulk_items` row: an applied item's record is
+/// the history row its change wrote in the same transaction (unique per bulk and order,
+/// with the statuses it moved between). A bulk that applies everything writes no items.
 pub async fn record(
     conn: &mut PgConnection,
     id: Uuid,
     items: &[ItemOutcome],
     done: Option<i32>,
 ) -> sqlx::Result<BulkOp> {
-    if !items.is_empty() {
+    let rows: Vec<&ItemOutcome> = items.iter().filter(|i| i.outcome != "applied").collect();
+    if !rows.is_empty() {
         sqlx::query(
             "insert into bulk_items (bulk_id, position, order_id, outcome, code, from_status, to_status)
              select $1, * from unnest($2::int[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[])",
         )
         .bind(id)
-        .bind(items.iter().map(|i| i.position).collect::<Vec<_>>())
-        .bind(items.iter().map(|i| i.order_id).collect::<Vec<_>>())
-        .bind(items.iter().map(|i| i.outcome).collect::<Vec<_>>())
-        .bind(items.iter().map(|i| i.code.as_deref()).collect::<Vec<_>>())
-        .bind(items.iter().map(|i| i.from.as_deref()).collect::<Vec<_>>())
-        .bind(items.iter().map(|i| i.to.as_deref()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|i| i.position).collect::<Vec<_>>())
+        .bind(rows.iter().map(|i| i.order_id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|i| i.outcome).collect::<Vec<_>>())
+        .bind(rows.iter().map(|i| i.code.as_deref()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|i| i.from.as_deref()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|i| i.to.as_deref()).collect::<Vec<_>>())
         .execute(&mut *conn)
         .await?;
     }
@@ -492,10 +500,15 @@ pub struct ResultRow {
 /// stream: exports need not fit in memory.
 pub fn results<'c>(conn: &'c mut PgConnection, id: Uuid) -> BoxStream<'c, sqlx::Result<ResultRow>> {
     sqlx::query_as(
-        "select o.id as order_id, b.outcome, b.code, b.from_status as \"from\", b.to_status as \"to\"
+        "select o.id as order_id,
+                coalesce(b.outcome, case when h.order_id is not null then 'applied' end) as outcome,
+                b.code,
+                coalesce(b.from_status, h.from_status) as \"from\",
+                coalesce(b.to_status, h.to_status) as \"to\"
          from bulk_chunks c
          cross join lateral unnest(c.order_ids) with ordinality as o(id, i)
          left join bulk_items b on b.bulk_id = c.bulk_id and b.position = c.first_position + o.i - 1
+         left join order_status_history h on h.bulk_id = c.bulk_id and h.order_id = o.id
          where c.bulk_id = $1 order by c.chunk, o.i",
     )
     .bind(id)
