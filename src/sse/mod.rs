@@ -274,11 +274,14 @@ async fn feed_session(state: &BridgeState, url: &str, names: &Names) -> anyhow::
     Ok(())
 }
 
-/// Start the hub at the outbox's newest seq, so a client connecting without Last-Event-ID
-/// follows from "now". Call before serving connections.
+/// Start the hub at the newest event the broker has confirmed, so a client connecting
+/// without Last-Event-ID follows from "now". Call once the bridge's queue is bound: every
+/// later event reaches the hub through it (or fills a hole from the outbox). Not the
+/// newest seq: an event sequenced but not yet published would arrive after the head and
+/// be dropped as a repeat.
 pub async fn prime(state: &BridgeState) -> anyhow::Result<()> {
-    let (_, max) = crate::store::outbox::seq_bounds(&mut *state.pool.acquire().await?).await?;
-    state.hub.advance_head(max.unwrap_or(0));
+    let published = crate::store::outbox::published_seq(&mut *state.pool.acquire().await?).await?;
+    state.hub.advance_head(published);
     Ok(())
 }
 
