@@ -2,7 +2,8 @@
 
 FROM rust:1-bookworm AS build
 WORKDIR /src
-# No database at build time: sqlx query macros read the committed .sqlx/ metadata.
+# No database at build time: queries are plain sqlx runtime queries (no compile-time
+# macros), and migrations are embedded from migrations/.
 ENV SQLX_OFFLINE=true
 COPY . .
 RUN cargo build --release --locked --bins

@@ -887,6 +887,86 @@ async fn best_effort_export_lists_every_order_with_outcome_and_code() {
     sys.stop().await;
 }
 
+/// Ids of an explicit selection that have no order are reported, not dropped: the preview
+/// counts them, a best-effort bulk rejects them with `not_found` (and the rest moves), an
+/// atomic bulk changes nothing because of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explicit_ids_without_an_order_are_reported_not_found() {
+    let sys = TestSystem::start().await;
+    let customer = Uuid::new_v4();
+    let (ctok, atok) = (
+        sys.token("customer", customer),
+        sys.token("admin", Uuid::new_v4()),
+    );
+    let real = order_with(&sys, &ctok, untracked()).await;
+    let ghost = Uuid::now_v7();
+    // The ghost is listed twice: an id is one item, however often it is given.
+    let selection = json!({"order_ids": ids_json(&[real, ghost, ghost])});
+
+    let preview = sys
+        .post(
+            "/orders/bulk/preview",
+            Some(&atok),
+            &json!({"selection": selection, "action": "cancel"}),
+        )
+        .await
+        .expect_status(200, "preview with an id without an order")
+        .body;
+    assert_eq!(
+        (
+            n(&preview, "matched"),
+            n(&preview, "not_found"),
+            n(&preview, "would_apply"),
+            preview["would_reject"]["not_found"].as_i64(),
+        ),
+        (1, 1, 1, Some(1)),
+        "{preview}"
+    );
+
+    // Atomic: the missing order alone keeps the real one from moving.
+    let (atomic, _) = submit_bulk(
+        &sys,
+        &atok,
+        &json!({"selection": selection, "action": "cancel", "reason": "typo test", "mode": "atomic"}),
+    )
+    .await;
+    let bulk = wait_bulk(&sys, &atok, atomic, JOB_DEADLINE).await;
+    assert_eq!(bulk["status"], "rejected", "{bulk}");
+    assert_eq!(sys.order(&atok, real).await["status"], "pending");
+
+    // Best effort: the real order moves; the ghost is rejected with `not_found`.
+    let (bulk_id, _) = submit_bulk(
+        &sys,
+        &atok,
+        &json!({"selection": selection, "action": "cancel", "reason": "typo test", "mode": "best_effort"}),
+    )
+    .await;
+    let bulk = wait_bulk(&sys, &atok, bulk_id, JOB_DEADLINE).await;
+    assert_eq!(bulk["status"], "completed", "{bulk}");
+    assert_counters_consistent(&bulk);
+    assert_eq!(
+        (n(&bulk, "total"), n(&bulk, "applied"), n(&bulk, "rejected")),
+        (2, 1, 1),
+        "{bulk}"
+    );
+    let rows: BTreeMap<Uuid, Row> = results_json(&sys, &atok, bulk_id)
+        .await
+        .iter()
+        .map(|r| (uuid_of(r, "order_id"), json_row(r)))
+        .collect();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(
+        (rows[&real].1.as_str(), rows[&real].4.as_str()),
+        ("applied", "cancelled")
+    );
+    assert_eq!(
+        (rows[&ghost].1.as_str(), rows[&ghost].2.as_str()),
+        ("rejected", "not_found")
+    );
+    assert_eq!(sys.order(&atok, real).await["status"], "cancelled");
+    sys.stop().await;
+}
+
 /// An order confirmed while its sku was not stock-tracked holds no reservation; once the
 /// sku is tracked, cancelling it must release nothing (and so not fail the bulk).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@ use super::error::ApiError;
 use super::extract::{Json, Path, Query};
 use crate::domain::{Action, Actor, OrderStatus, RejectCode, Role};
 use crate::job::{ChangeStatus, JobMessage};
-use crate::store::bulk::{self, NewBulk, Selection};
+use crate::store::bulk::{self, NOT_FOUND, NewBulk, Selection};
 use crate::store::jobs::{self, KIND_BULK, NewJob};
 use crate::worker::apply::Batch;
 use axum::Router;
@@ -150,7 +150,7 @@ async fn preview(
     sqlx::query("set transaction read only")
         .execute(&mut *tx)
         .await?;
-    let ids = bulk::matching_ids(&mut tx, &body.selection).await?;
+    let ids = bulk::selected(&mut tx, &body.selection).await?;
     let mut batch = Batch::load(&mut tx, &ids, false).await?;
     tx.rollback().await?;
 
@@ -159,11 +159,18 @@ async fn preview(
         role: Role::Admin,
     };
     let mut would_apply = 0;
+    let mut not_found = 0;
     let mut would_reject: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut by_status: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut sample = Vec::new();
     for id in &ids {
         let Some(status) = batch.order(*id).map(|o| o.status) else {
+            // An explicit id without an order: the real run reports it the same way.
+            not_found += 1;
+            *would_reject.entry(NOT_FOUND).or_default() += 1;
+            if sample.len() < SAMPLE {
+                sample.push(json!({ "order_id": id, "outcome": "rejected", "code": NOT_FOUND }));
+            }
             continue;
         };
         *by_status.entry(status.as_str()).or_default() += 1;
@@ -182,7 +189,8 @@ async fn preview(
         }
     }
     Ok(axum::Json(json!({
-        "matched": ids.len(),
+        "matched": ids.len() - not_found,
+        "not_found": not_found,
         "would_apply": would_apply,
         "would_reject": would_reject,
         "by_status": by_status,

@@ -123,9 +123,20 @@ pub async fn count(conn: &mut PgConnection, sel: &Selection) -> sqlx::Result<i64
     Ok(n)
 }
 
-/// Every matching order id, in id order.
-pub async fn matching_ids(conn: &mut PgConnection, sel: &Selection) -> sqlx::Result<Vec<Uuid>> {
-    let sql = format!("select id from orders where {SELECTION_WHERE} order by id");
+/// The ids a bulk over `sel` works on, as a subquery binding $1..$8: the orders a filter
+/// matches, or every distinct id of an explicit list — ids without an order included, so
+/// that they are reported (`not_found`) instead of silently dropped.
+const SELECTED_IDS: &str = "(select id from orders where $1::uuid[] is null and {SELECTION_WHERE}
+     union all
+     select distinct u.id from unnest($1::uuid[]) as u(id))";
+
+fn selected_ids() -> String {
+    SELECTED_IDS.replace("{SELECTION_WHERE}", SELECTION_WHERE)
+}
+
+/// Every id the bulk would work on (see [`SELECTED_IDS`]), in id order.
+pub async fn selected(conn: &mut PgConnection, sel: &Selection) -> sqlx::Result<Vec<Uuid>> {
+    let sql = format!("select id from {} s order by id", selected_ids());
     let rows: Vec<(Uuid,)> = bind_selection(sqlx::query_as(&sql), sel)
         .fetch_all(conn)
         .await?;
@@ -292,13 +303,14 @@ pub async fn snapshot(
 ) -> sqlx::Result<i64> {
     let sql = format!(
         "with selected as (
-             select id, row_number() over (order by id) as position from orders where {SELECTION_WHERE}),
+             select id, row_number() over (order by id) as position from {} s),
          chunks as (
              insert into bulk_chunks (bulk_id, chunk, first_position, order_ids)
              select $9, (position - 1) / $10, min(position), array_agg(id order by position)
              from selected group by (position - 1) / $10
              returning cardinality(order_ids) as n)
-         select coalesce(sum(n), 0)::bigint from chunks"
+         select coalesce(sum(n), 0)::bigint from chunks",
+        selected_ids()
     );
     let (total,): (i64,) = bind_selection(sqlx::query_as(&sql), sel)
         .bind(id)
@@ -375,6 +387,9 @@ pub async fn all_pending_items(
         .fetch_all(conn)
         .await
 }
+
+/// The code of an item whose id (in an explicit selection) has no order.
+pub const NOT_FOUND: &str = "not_found";
 
 /// One item's outcome.
 pub struct ItemOutcome {

@@ -235,7 +235,18 @@ fn judge(
     job_id: Uuid,
     bulk_id: Uuid,
 ) -> ItemOutcome {
-    let from = batch.order(order_id).map(|o| o.status.as_str().to_owned());
+    let Some(from) = batch.order(order_id).map(|o| o.status.as_str().to_owned()) else {
+        // An id of an explicit selection without an order.
+        return ItemOutcome {
+            position,
+            order_id,
+            outcome: "rejected",
+            code: Some(bulk::NOT_FOUND.into()),
+            from: None,
+            to: None,
+        };
+    };
+    let from = Some(from);
     match batch.apply(order_id, actor, request, Some(job_id), Some(bulk_id)) {
         Ok(applied) => ItemOutcome {
             position,
