@@ -11,6 +11,8 @@ create table bulk_chunks (
     chunk          int not null,
     first_position int not null,
     order_ids      uuid[] not null,
+    -- Being applied order by order (after a failed chunk): some items may have outcomes.
+    partial        boolean not null default false,
     primary key (bulk_id, chunk)
 );
 
@@ -18,8 +20,8 @@ alter table bulk_operations add column next_chunk int not null default 0;
 
 -- Carry over: each existing bulk's items become its one chunk; only outcomes other than
 -- `applied` stay items (applied ones have their history row).
-insert into bulk_chunks (bulk_id, chunk, first_position, order_ids)
-select bulk_id, 0, min(position), array_agg(order_id order by position)
+insert into bulk_chunks (bulk_id, chunk, first_position, order_ids, partial)
+select bulk_id, 0, min(position), array_agg(order_id order by position), true
 from bulk_items group by bulk_id;
 delete from bulk_items where outcome is null or outcome = 'applied';
 drop index bulk_items_pending_idx;

@@ -348,23 +348,33 @@ pub struct Chunk {
 
 /// The next chunk with items to apply, skipping chunks whose items all have outcomes (a
 /// worker died after recording the last of them). None when every chunk is done.
+///
+/// A chunk is applied in one transaction that also moves `next_chunk` past it, so the
+/// chunk at `next_chunk` has no outcome yet — unless it is `partial`: its orders were being
+/// applied one by one (see `worker::bulk`), and only then are its items checked for
+/// outcomes one by one.
 pub async fn next_chunk(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<Chunk>> {
     loop {
-        let chunk: Option<i32> = sqlx::query_scalar(
-            "select c.chunk from bulk_chunks c join bulk_operations op on op.id = c.bulk_id
+        let row: Option<(i32, i32, bool, Vec<Uuid>)> = sqlx::query_as(
+            "select c.chunk, c.first_position, c.partial, c.order_ids
+             from bulk_chunks c join bulk_operations op on op.id = c.bulk_id
              where c.bulk_id = $1 and c.chunk = op.next_chunk",
         )
         .bind(id)
         .fetch_optional(&mut *conn)
         .await?;
-        let Some(chunk) = chunk else {
+        let Some((chunk, first, partial, order_ids)) = row else {
             return Ok(None);
         };
-        let items = sqlx::query_as(PENDING_ITEMS)
-            .bind(id)
-            .bind(false)
-            .fetch_all(&mut *conn)
-            .await?;
+        let items: Vec<(i32, Uuid)> = if partial {
+            sqlx::query_as(PENDING_ITEMS)
+                .bind(id)
+                .bind(false)
+                .fetch_all(&mut *conn)
+                .await?
+        } else {
+            (first..).zip(order_ids).collect()
+        };
         if !items.is_empty() {
             return Ok(Some(Chunk { chunk, items }));
         }
@@ -374,6 +384,18 @@ pub async fn next_chunk(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Optio
             .execute(&mut *conn)
             .await?;
     }
+}
+
+/// Mark `chunk` as being applied order by order: some of its items may have outcomes.
+pub async fn mark_partial(conn: &mut PgConnection, id: Uuid, chunk: i32) -> sqlx::Result<()> {
+    sqlx::query(
+        "update bulk_chunks set partial = true where bulk_id = $1 and chunk = $2 and not partial",
+    )
+    .bind(id)
+    .bind(chunk)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Every item without an outcome yet, in position order (an atomic bulk's whole selection).

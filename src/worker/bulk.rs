@@ -156,7 +156,10 @@ async fn isolate(
         )
         .await
         {
-            Ok(_) => tx.commit().await?,
+            Ok(_) => {
+                bulk::mark_partial(&mut tx, op.id, chunk.chunk).await?;
+                tx.commit().await?
+            }
             Err(e) if crate::store::is_transient(&e) => return Err(e),
             Err(e) => {
                 drop(tx);
@@ -171,6 +174,7 @@ async fn isolate(
                     to: None,
                 };
                 bulk::record(&mut tx, op.id, &[failed], None).await?;
+                bulk::mark_partial(&mut tx, op.id, chunk.chunk).await?;
                 tx.commit().await?;
             }
         }
