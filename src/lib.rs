@@ -17,6 +17,12 @@
 //! (composing roles into processes), [`bench`] (the bulk benchmark), [`telemetry`] and
 //! [`shutdown`].
 
+// Every orderflow binary allocates through mimalloc: the hot paths (events, bind arrays,
+// AMQP frames) make many short-lived allocations, where glibc's malloc showed up as a
+// fifth of the relay's and worker's CPU profile.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod app;
 pub mod auth;
 pub mod bench;
