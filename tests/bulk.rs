@@ -51,6 +51,18 @@ async fn submit_bulk(sys: &TestSystem, token: &str, body: &Value) -> (Uuid, Uuid
     (bulk_id, job_id)
 }
 
+/// `POST /orders/bulk/preview` of `action` over `selection`; asserts 200, returns the body.
+async fn preview(sys: &TestSystem, token: &str, selection: &Value, action: &str) -> Value {
+    sys.post(
+        "/orders/bulk/preview",
+        Some(token),
+        &json!({"selection": selection, "action": action}),
+    )
+    .await
+    .expect_status(200, &format!("preview of {action} over {selection}"))
+    .body
+}
+
 async fn read_bulk(sys: &TestSystem, token: &str, bulk_id: Uuid) -> Value {
     sys.get(&format!("/orders/bulk/{bulk_id}"), Some(token))
         .await
@@ -636,15 +648,7 @@ async fn atomic_bulk_with_one_out_of_stock_order_changes_nothing() {
     let before = order_states(&sys, &selected).await;
     let outbox_before = max_outbox_id(&sys).await;
     let body = json!({"selection": {"order_ids": ids_json(&selected)}, "action": "confirm", "reason": "all or nothing", "mode": "atomic"});
-    let preview = sys
-        .post(
-            "/orders/bulk/preview",
-            Some(&atok),
-            &json!({"selection": body["selection"], "action": "confirm"}),
-        )
-        .await
-        .expect_status(200, "preview")
-        .body;
+    let preview = preview(&sys, &atok, &body["selection"], "confirm").await;
     assert_eq!(
         (n(&preview, "would_apply"), preview["would_reject"].clone()),
         (3, json!({"out_of_stock": 1})),
@@ -903,15 +907,7 @@ async fn explicit_ids_without_an_order_are_reported_not_found() {
     // The ghost is listed twice: an id is one item, however often it is given.
     let selection = json!({"order_ids": ids_json(&[real, ghost, ghost])});
 
-    let preview = sys
-        .post(
-            "/orders/bulk/preview",
-            Some(&atok),
-            &json!({"selection": selection, "action": "cancel"}),
-        )
-        .await
-        .expect_status(200, "preview with an id without an order")
-        .body;
+    let preview = preview(&sys, &atok, &selection, "cancel").await;
     assert_eq!(
         (
             n(&preview, "matched"),
@@ -1821,15 +1817,7 @@ async fn a_bulk_of_many_orders_completes() {
     }
     assert_eq!(listed, ids, "every order once, in id order");
 
-    let preview = sys
-        .post(
-            "/orders/bulk/preview",
-            Some(&stok),
-            &json!({"selection": selection, "action": "mark_paid"}),
-        )
-        .await
-        .expect_status(200, "preview")
-        .body;
+    let preview = preview(&sys, &stok, &selection, "mark_paid").await;
     assert_eq!(
         (n(&preview, "matched"), n(&preview, "would_apply")),
         (TOTAL as i64, TOTAL as i64),
