@@ -121,3 +121,63 @@ async fn resumed_stream_by_query_parameter_gets_exactly_the_missed_events() {
 async fn resumed_stream_after_bridge_restart_loses_nothing() {
     missed_events_are_replayed_exactly(Resume::HeaderAfterRestart).await;
 }
+
+/// A bridge starts following from the newest event the broker has confirmed, not from the
+/// newest seq: an event the relay sequenced but had not published yet (it will arrive
+/// through the bridge's queue) must not be taken as already seen — it would be dropped as
+/// a repeat and clients following from "now" would never get it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_starts_from_the_published_cursor_not_the_newest_seq() {
+    let mut sys = TestSystem::start().await;
+    let ctok = sys.token("customer", Uuid::new_v4());
+    let order = sys.create_simple_order(&ctok).await;
+    // `order.created` is published: the cursor reaches it.
+    let deadline = std::time::Instant::now() + EVENT_DEADLINE;
+    let published = loop {
+        let mut conn = sys.db().acquire().await.expect("a connection");
+        let published = orderflow::store::outbox::published_seq(&mut conn)
+            .await
+            .expect("the published cursor");
+        if published >= 1 {
+            break published;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "order.created was not published within {EVENT_DEADLINE:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+
+    // With the system down, leave what a relay leaves when it dies between committing a
+    // batch's seqs and the broker's confirms: a sequenced, unpublished event.
+    sys.kill_process().await;
+    sqlx::query(
+        "insert into outbox (order_id, event_type, routing_key, payload, seq)
+         values ($1, 'order.status_changed', 'order.status.cancelled', '{}', $2)",
+    )
+    .bind(order)
+    .bind(published + 1)
+    .execute(sys.db())
+    .await
+    .expect("a sequenced, unpublished event");
+
+    let state = orderflow::sse::BridgeState::new(
+        orderflow::auth::Keys::new("unused"),
+        sys.db().clone(),
+        orderflow::config::BridgeConfig {
+            sse_ring_capacity: 16,
+            sse_client_buffer: 16,
+            sse_keepalive_secs: 15,
+            sse_retry_ms: 1_000,
+        },
+        tokio_util::sync::CancellationToken::new(),
+    );
+    orderflow::sse::prime(&state).await.expect("priming");
+    assert_eq!(
+        state.hub.head(),
+        published,
+        "the hub starts at the published cursor ({published}), not at the newest seq ({})",
+        published + 1
+    );
+    sys.stop().await;
+}

@@ -276,6 +276,12 @@ impl TestSystem {
         self.spawn().await;
     }
 
+    /// Kills the process (SIGKILL) and leaves it down: the database and the namespace stay
+    /// for the test to inspect or arrange; `restart` brings the system back.
+    pub async fn kill_process(&mut self) {
+        self.kill().await;
+    }
+
     async fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill().await;
