@@ -24,6 +24,8 @@ pub struct NewEvent {
     pub routing_key: String,
     /// The order's status after the change (order events).
     pub to_status: Option<&'static str>,
+    /// The W3C trace context of the request that caused the event.
+    pub traceparent: Option<String>,
     pub payload: String,
 }
 
@@ -35,6 +37,7 @@ pub struct Change<'a> {
     pub reason: Option<&'a str>,
     pub job_id: Option<Uuid>,
     pub bulk_id: Option<Uuid>,
+    pub traceparent: Option<&'a str>,
 }
 
 /// The payload of `order.created` and `order.status_changed` (API.md, "Live events").
@@ -96,6 +99,7 @@ impl NewEvent {
             event_type,
             routing_key,
             to_status: Some(order.status.as_str()),
+            traceparent: change.traceparent.map(str::to_owned),
             payload: serde_json::to_string(&payload).expect("an event payload serializes"),
         }
     }
@@ -112,6 +116,7 @@ impl NewEvent {
             event_type: BULK_PROGRESS,
             routing_key: BULK_PROGRESS.to_owned(),
             to_status: None,
+            traceparent: None,
             payload: payload.to_string(),
         }
     }
@@ -127,6 +132,8 @@ pub struct Event {
     pub customer_id: Option<Uuid>,
     /// The order's status after the change, for stream filters.
     pub to: Option<String>,
+    /// The W3C trace context of the request that caused the event (AMQP header only).
+    pub traceparent: Option<String>,
     pub data: String,
 }
 
@@ -142,35 +149,19 @@ struct Head<'a> {
     to: Option<Cow<'a, str>>,
 }
 
-impl Event {
-    /// The wire event of a stored outbox row: `payload` (a JSON object's text) with `seq`
-    /// spliced in as its first member.
-    pub fn stored(
-        seq: i64,
-        event_type: String,
-        routing_key: String,
-        order_id: Option<Uuid>,
-        customer_id: Option<Uuid>,
-        to: Option<String>,
-        payload: &str,
-    ) -> Self {
-        let rest = payload.trim_start().strip_prefix('{').unwrap_or("}");
-        let separator = if rest.trim_start().starts_with('}') {
-            ""
-        } else {
-            ","
-        };
-        Event {
-            seq,
-            event_type,
-            routing_key,
-            order_id,
-            customer_id,
-            to,
-            data: format!("{{\"seq\":{seq}{separator}{rest}"),
-        }
-    }
+/// The wire JSON of a stored payload (a JSON object's text): `seq` spliced in as its
+/// first member, the rest as stored.
+pub fn data_with_seq(seq: i64, payload: &str) -> String {
+    let rest = payload.trim_start().strip_prefix('{').unwrap_or("}");
+    let separator = if rest.trim_start().starts_with('}') {
+        ""
+    } else {
+        ","
+    };
+    format!("{{\"seq\":{seq}{separator}{rest}")
+}
 
+impl Event {
     /// Parse a published message body (the bridge's side). None if it is not an event.
     pub fn parse(routing_key: &str, body: &[u8]) -> Option<Self> {
         let data = std::str::from_utf8(body).ok()?;
@@ -182,6 +173,7 @@ impl Event {
             order_id: head.order_id,
             customer_id: head.customer_id,
             to: head.to.map(Cow::into_owned),
+            traceparent: None,
             data: data.to_owned(),
         })
     }
@@ -194,22 +186,16 @@ mod tests {
     #[test]
     fn seq_is_spliced_into_the_stored_payload_and_parsed_back() {
         let order_id = Uuid::now_v7();
-        let stored = Event::stored(
+        let data = data_with_seq(
             42,
-            ORDER_STATUS_CHANGED.into(),
-            "order.status.confirmed".into(),
-            Some(order_id),
-            None,
-            Some("confirmed".into()),
             &format!(
                 r#"{{"to": "confirmed", "type": "order.status_changed", "order_id": "{order_id}"}}"#
             ),
         );
-        let value: Value = serde_json::from_str(&stored.data).expect("valid JSON");
+        let value: Value = serde_json::from_str(&data).expect("valid JSON");
         assert_eq!(value["seq"], 42);
         assert_eq!(value["to"], "confirmed");
-        let parsed =
-            Event::parse("order.status.confirmed", stored.data.as_bytes()).expect("an event");
+        let parsed = Event::parse("order.status.confirmed", data.as_bytes()).expect("an event");
         assert_eq!(
             (
                 parsed.seq,
@@ -219,8 +205,7 @@ mod tests {
             ),
             (42, ORDER_STATUS_CHANGED, Some(order_id), Some("confirmed"))
         );
-        let empty = Event::stored(7, "x".into(), "x".into(), None, None, None, "{}");
-        assert_eq!(empty.data, r#"{"seq":7}"#);
+        assert_eq!(data_with_seq(7, "{}"), r#"{"seq":7}"#);
     }
 
     #[test]

@@ -14,8 +14,8 @@
 //!
 //! Around them: [`config`] (clap + env), [`auth`] (JWT → [`domain::Actor`]), [`event`] (the
 //! event JSON shared by outbox, exchange and SSE), [`job`] (what a job asks for), [`app`]
-//! (composing roles into processes), [`bench`] (the bulk benchmark), [`telemetry`] and
-//! [`shutdown`].
+//! (composing roles into processes), [`bench`] (the bulk benchmark), [`telemetry`],
+//! [`trace`] (W3C `traceparent` carried from request to event) and [`shutdown`].
 
 // Every orderflow binary allocates through mimalloc: the hot paths (events, bind arrays,
 // AMQP frames) make many short-lived allocations, where glibc's malloc showed up as a
@@ -37,4 +37,5 @@ pub mod shutdown;
 pub mod sse;
 pub mod store;
 pub mod telemetry;
+pub mod trace;
 pub mod worker;

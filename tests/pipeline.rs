@@ -434,3 +434,75 @@ async fn events_per_order_follow_history_order() {
 
     sys.stop().await;
 }
+
+/// The parts of a W3C `traceparent`: (trace id, parent id, flags); panics when malformed.
+fn traceparent_parts(value: &str) -> (String, String, String) {
+    let parts: Vec<&str> = value.split('-').collect();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    assert!(
+        parts.len() == 4
+            && parts[0] == "00"
+            && hex(parts[1], 32)
+            && hex(parts[2], 16)
+            && hex(parts[3], 2),
+        "not a traceparent: {value:?}"
+    );
+    (parts[1].into(), parts[2].into(), parts[3].into())
+}
+
+/// A caller's trace context rides from the request to the job and to the event the change
+/// produced (API.md: events carry `traceparent`); a request without one starts a trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_callers_trace_context_reaches_the_job_and_the_published_event() {
+    let sys = TestSystem::start().await;
+    let (ctok, atok) = (
+        sys.token("customer", Uuid::new_v4()),
+        sys.token("admin", Uuid::new_v4()),
+    );
+    let mut downstream = sys.downstream_queue("order.#").await;
+
+    // No traceparent on the request: the event still carries a (new) valid one.
+    let order_id = sys.create_simple_order(&ctok).await;
+    let created = downstream.expect_next("order.created").await;
+    assert_eq!(message_json(&created)["type"], "order.created");
+    let header = message_header(&created, "traceparent").expect("a traceparent header");
+    traceparent_parts(&header);
+
+    // With one: same trace id and flags, a new parent id (this hop).
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let incoming = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    let answer = sys
+        .change_status(
+            &atok,
+            order_id,
+            &json!({"action": "mark_paid"}),
+            &[("traceparent", incoming.as_str())],
+        )
+        .await;
+    assert_eq!(answer.status().as_u16(), 202, "change-status");
+    let job_id = uuid_of(
+        &answer.json::<Value>().await.expect("a JSON body"),
+        "job_id",
+    );
+    let changed = downstream.expect_next("order.status_changed").await;
+    assert_eq!(message_json(&changed)["job_id"], job_id.to_string());
+    let header = message_header(&changed, "traceparent").expect("a traceparent header");
+    let (trace, parent, flags) = traceparent_parts(&header);
+    assert_eq!(
+        (trace.as_str(), flags.as_str()),
+        (trace_id, "01"),
+        "the event continues the caller's trace: {header}"
+    );
+    assert_ne!(parent, "00f067aa0ba902b7", "a new parent id for this hop");
+    let stored: Option<String> = sqlx::query_scalar("select traceparent from jobs where id = $1")
+        .bind(job_id)
+        .fetch_one(sys.db())
+        .await
+        .expect("the job's traceparent");
+    assert_eq!(
+        stored.as_deref(),
+        Some(header.as_str()),
+        "the job row keeps it"
+    );
+    sys.stop().await;
+}

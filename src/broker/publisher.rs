@@ -189,15 +189,28 @@ impl JobPublisher {
         msg: &JobMessage,
         actor: &Actor,
         customer_id: Option<Uuid>,
+        traceparent: Option<&str>,
         reply: bool,
     ) -> Result<(), PublishError> {
-        self.publish_to(&self.names.jobs, msg, actor, customer_id, reply)
-            .await
+        self.publish_to(
+            &self.names.jobs,
+            msg,
+            actor,
+            customer_id,
+            traceparent,
+            reply,
+        )
+        .await
     }
 
     /// Publish a bulk job to the bulk queue, confirmed like any job.
-    pub async fn publish_bulk(&self, msg: &JobMessage, actor: &Actor) -> Result<(), PublishError> {
-        self.publish_to(&self.names.bulk, msg, actor, None, false)
+    pub async fn publish_bulk(
+        &self,
+        msg: &JobMessage,
+        actor: &Actor,
+        traceparent: Option<&str>,
+    ) -> Result<(), PublishError> {
+        self.publish_to(&self.names.bulk, msg, actor, None, traceparent, false)
             .await
     }
 
@@ -207,6 +220,7 @@ impl JobPublisher {
         msg: &JobMessage,
         actor: &Actor,
         customer_id: Option<Uuid>,
+        traceparent: Option<&str>,
         reply: bool,
     ) -> Result<(), PublishError> {
         let session = self.session().await?;
@@ -220,6 +234,12 @@ impl JobPublisher {
             headers.insert(
                 "customer_id".into(),
                 AMQPValue::LongString(customer_id.to_string().into()),
+            );
+        }
+        if let Some(traceparent) = traceparent {
+            headers.insert(
+                "traceparent".into(),
+                AMQPValue::LongString(traceparent.into()),
             );
         }
         let mut props = BasicProperties::default()
@@ -333,6 +353,12 @@ impl EventPublisher {
             headers.insert(
                 "customer_id".into(),
                 AMQPValue::LongString(id.to_string().into()),
+            );
+        }
+        if let Some(traceparent) = &e.traceparent {
+            headers.insert(
+                "traceparent".into(),
+                AMQPValue::LongString(traceparent.as_str().into()),
             );
         }
         let props = BasicProperties::default()

@@ -115,7 +115,13 @@ async fn retry(
     };
     if let Err(e) = state
         .publisher
-        .publish(&JobMessage { job_id: id }, &submitter, customer, false)
+        .publish(
+            &JobMessage { job_id: id },
+            &submitter,
+            customer,
+            job.traceparent.as_deref(),
+            false,
+        )
         .await
     {
         let error = json!({ "code": "redrive_failed", "message": e.to_string() });

@@ -9,7 +9,7 @@ use crate::domain::{Action, Actor, OrderStatus, RejectCode, Role};
 use crate::job::{ChangeStatus, JobMessage};
 use crate::store::bulk::{self, NOT_FOUND, NewBulk, Selection};
 use crate::store::jobs::{self, KIND_BULK, NewJob};
-use crate::worker::apply::Batch;
+use crate::worker::apply::{Batch, Origin};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
@@ -174,7 +174,7 @@ async fn preview(
             continue;
         };
         *by_status.entry(status.as_str()).or_default() += 1;
-        let outcome = batch.apply(*id, judge_as, &request, None, None);
+        let outcome = batch.apply(*id, judge_as, &request, Origin::default());
         if sample.len() < SAMPLE {
             sample.push(match &outcome {
                 Ok(a) => {
@@ -264,6 +264,7 @@ async fn status_update(
         return Ok(response);
     };
     let payload = json!({ "bulk_id": bulk_id });
+    let traceparent = crate::trace::for_request(&headers);
     let job = NewJob {
         id: job_id,
         kind: KIND_BULK,
@@ -273,13 +274,14 @@ async fn status_update(
         actor_role: actor.role,
         payload: &payload,
         idempotency_key: None,
+        traceparent: Some(&traceparent),
     };
     jobs::insert(&mut tx, &job).await?;
     tx.commit().await?;
 
     if let Err(e) = state
         .publisher
-        .publish_bulk(&JobMessage { job_id }, &actor)
+        .publish_bulk(&JobMessage { job_id }, &actor, Some(&traceparent))
         .await
     {
         let error = json!({ "code": "not_queued", "message": e.to_string() });

@@ -94,6 +94,7 @@ fn valid_sku(sku: &str) -> bool {
 async fn create(
     State(state): State<IngressState>,
     actor: Actor,
+    headers: HeaderMap,
     Json(body): Json<CreateOrder>,
 ) -> Result<Response, ApiError> {
     let customer_id = match (actor.role, body.customer_id) {
@@ -165,6 +166,7 @@ async fn create(
         },
     )
     .await?;
+    let traceparent = crate::trace::for_request(&headers);
     let change = Change {
         action: "create",
         from: None,
@@ -172,6 +174,7 @@ async fn create(
         reason: None,
         job_id: None,
         bulk_id: None,
+        traceparent: Some(&traceparent),
     };
     let created = history::NewRow {
         order_id: id,
@@ -411,6 +414,7 @@ async fn change_status(
     .expect("payload serializes");
     let job_id = Uuid::now_v7();
     tracing::Span::current().record("job_id", tracing::field::display(job_id));
+    let traceparent = crate::trace::for_request(&headers);
     let new = NewJob {
         id: job_id,
         kind: KIND_CHANGE_STATUS,
@@ -420,6 +424,7 @@ async fn change_status(
         actor_role: actor.role,
         payload: &payload,
         idempotency_key: key.as_deref(),
+        traceparent: Some(&traceparent),
     };
     let mut conn = state.pool.acquire().await?;
     let Some(job) = jobs::insert(&mut conn, &new).await? else {
@@ -452,6 +457,7 @@ async fn change_status(
             &JobMessage { job_id },
             &actor,
             Some(order.customer_id),
+            Some(&traceparent),
             waiter.is_some(),
         )
         .await

@@ -96,15 +96,16 @@ mod tests {
     use super::*;
 
     fn ev(seq: i64) -> Event {
-        Event::stored(
+        Event {
             seq,
-            "order.created".into(),
-            "order.created".into(),
-            None,
-            None,
-            None,
-            r#"{"type": "order.created"}"#,
-        )
+            event_type: "order.created".into(),
+            routing_key: "order.created".into(),
+            order_id: None,
+            customer_id: None,
+            to: None,
+            traceparent: None,
+            data: crate::event::data_with_seq(seq, r#"{"type": "order.created"}"#),
+        }
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub struct Job {
     #[sqlx(try_from = "String")]
     pub actor_role: Role,
     pub payload: Value,
+    /// The W3C trace context of the request that created the job.
+    pub traceparent: Option<String>,
     pub status: String,
     pub attempts: i32,
     pub result: Option<Value>,
@@ -73,7 +75,7 @@ impl From<Job> for JobView {
     }
 }
 
-const COLUMNS: &str = "id, kind, order_id, bulk_id, actor_id, actor_role, payload, status, attempts, result, error, created_at, updated_at";
+const COLUMNS: &str = "id, kind, order_id, bulk_id, actor_id, actor_role, payload, traceparent, status, attempts, result, error, created_at, updated_at";
 
 pub struct NewJob<'a> {
     pub id: Uuid,
@@ -84,13 +86,14 @@ pub struct NewJob<'a> {
     pub actor_role: Role,
     pub payload: &'a Value,
     pub idempotency_key: Option<&'a str>,
+    pub traceparent: Option<&'a str>,
 }
 
 /// Insert a queued job. `None` when the actor already used this idempotency key.
 pub async fn insert(conn: &mut PgConnection, j: &NewJob<'_>) -> sqlx::Result<Option<Job>> {
     sqlx::query_as(&format!(
-        "insert into jobs (id, kind, order_id, actor_id, actor_role, payload, idempotency_key, bulk_id)
-         values ($1, $2, $3, $4, $5, $6, $7, $8)
+        "insert into jobs (id, kind, order_id, actor_id, actor_role, payload, idempotency_key, bulk_id, traceparent)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9)
          on conflict (actor_id, idempotency_key) where idempotency_key is not null do nothing
          returning {COLUMNS}"
     ))
@@ -102,6 +105,7 @@ pub async fn insert(conn: &mut PgConnection, j: &NewJob<'_>) -> sqlx::Result<Opt
     .bind(j.payload)
     .bind(j.idempotency_key)
     .bind(j.bulk_id)
+    .bind(j.traceparent)
     .fetch_optional(conn)
     .await
 }
@@ -237,6 +241,7 @@ pub struct Stale {
     #[sqlx(try_from = "String")]
     pub actor_role: Role,
     pub customer_id: Option<Uuid>,
+    pub traceparent: Option<String>,
 }
 
 /// Take up to `limit` jobs still `queued` or `retrying` after `older_than_secs`, touching
@@ -252,7 +257,7 @@ pub async fn take_stale(
                where status in ('queued', 'retrying') and updated_at < now() - make_interval(secs => $1)
                order by updated_at limit $2 for update skip locked) s
          where j.id = s.id
-         returning j.id, j.actor_id, j.actor_role,
+         returning j.id, j.actor_id, j.actor_role, j.traceparent,
                    (select customer_id from orders o where o.id = j.order_id) as customer_id",
     )
     .bind(older_than_secs)

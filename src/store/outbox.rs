@@ -11,10 +11,10 @@ pub async fn insert_many(conn: &mut PgConnection, events: &[NewEvent]) -> sqlx::
         return Ok(());
     }
     sqlx::query(
-        "insert into outbox (order_id, customer_id, event_type, routing_key, to_status, payload)
-         select order_id, customer_id, event_type, routing_key, to_status, payload::json
-         from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[]) with ordinality
-              as t(order_id, customer_id, event_type, routing_key, to_status, payload, ord)
+        "insert into outbox (order_id, customer_id, event_type, routing_key, to_status, traceparent, payload)
+         select order_id, customer_id, event_type, routing_key, to_status, traceparent, payload::json
+         from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
+              with ordinality as t(order_id, customer_id, event_type, routing_key, to_status, traceparent, payload, ord)
          order by ord",
     )
     .bind(events.iter().map(|e| e.order_id).collect::<Vec<_>>())
@@ -22,6 +22,7 @@ pub async fn insert_many(conn: &mut PgConnection, events: &[NewEvent]) -> sqlx::
     .bind(events.iter().map(|e| e.event_type).collect::<Vec<_>>())
     .bind(events.iter().map(|e| e.routing_key.as_str()).collect::<Vec<_>>())
     .bind(events.iter().map(|e| e.to_status).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.traceparent.as_deref()).collect::<Vec<_>>())
     .bind(events.iter().map(|e| e.payload.as_str()).collect::<Vec<_>>())
     .execute(conn)
     .await?;
@@ -30,7 +31,7 @@ pub async fn insert_many(conn: &mut PgConnection, events: &[NewEvent]) -> sqlx::
 
 /// The columns every sequenced event is read with (see [`StoredEvent`]).
 const EVENT_COLUMNS: &str = "seq, event_type, routing_key, order_id, customer_id, \
-     to_status, payload::text as payload";
+     to_status, traceparent, payload::text as payload";
 
 /// A sequenced outbox row as read back: the payload stays JSON text, nothing is parsed.
 #[derive(Debug, sqlx::FromRow)]
@@ -41,20 +42,22 @@ struct StoredEvent {
     order_id: Option<Uuid>,
     customer_id: Option<Uuid>,
     to_status: Option<String>,
+    traceparent: Option<String>,
     payload: String,
 }
 
 impl From<StoredEvent> for Event {
     fn from(r: StoredEvent) -> Self {
-        Event::stored(
-            r.seq,
-            r.event_type,
-            r.routing_key,
-            r.order_id,
-            r.customer_id,
-            r.to_status,
-            &r.payload,
-        )
+        Event {
+            data: crate::event::data_with_seq(r.seq, &r.payload),
+            seq: r.seq,
+            event_type: r.event_type,
+            routing_key: r.routing_key,
+            order_id: r.order_id,
+            customer_id: r.customer_id,
+            to: r.to_status,
+            traceparent: r.traceparent,
+        }
     }
 }
 

@@ -25,6 +25,15 @@ pub struct Applied {
     pub version: i64,
 }
 
+/// Where a change comes from, for its audit row and its event.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Origin<'a> {
+    pub job_id: Option<Uuid>,
+    pub bulk_id: Option<Uuid>,
+    /// The W3C trace context of the request behind the change, carried to its event.
+    pub traceparent: Option<&'a str>,
+}
+
 /// Orders loaded (and usually locked) for a set of changes, with the effects so far.
 pub struct Batch {
     now: DateTime<Utc>,
@@ -123,9 +132,13 @@ impl Batch {
         order_id: Uuid,
         actor: Actor,
         request: &ChangeStatus,
-        job_id: Option<Uuid>,
-        bulk_id: Option<Uuid>,
+        origin: Origin<'_>,
     ) -> Result<Applied, Rejection> {
+        let Origin {
+            job_id,
+            bulk_id,
+            traceparent,
+        } = origin;
         let order = self.orders.get(&order_id).ok_or_else(|| {
             Rejection::new(
                 crate::domain::RejectCode::InvalidTransition,
@@ -188,6 +201,7 @@ impl Batch {
             reason: request.reason.as_deref(),
             job_id,
             bulk_id,
+            traceparent,
         };
         self.history.push(history::NewRow {
             order_id,
@@ -294,7 +308,12 @@ pub async fn apply_batch(pool: &PgPool, job_ids: &[Uuid]) -> sqlx::Result<Report
                     id: job.actor_id,
                     role: job.actor_role,
                 };
-                match batch.apply(order_id, actor, &request, Some(job.id), job.bulk_id) {
+                let origin = Origin {
+                    job_id: Some(job.id),
+                    bulk_id: job.bulk_id,
+                    traceparent: job.traceparent.as_deref(),
+                };
+                match batch.apply(order_id, actor, &request, origin) {
                     Ok(applied) => {
                         tracing::debug!(job_id = %job.id, %order_id, action = %applied.action, to = %applied.to, "applied");
                         outcomes.push(jobs::Finished {

@@ -4,7 +4,7 @@
 //! event in the chunk's transaction. A worker that dies mid-bulk loses at most the chunk
 //! in hand: the redelivered job resumes at the first item without an outcome.
 
-use super::apply::Batch;
+use super::apply::{Batch, Origin};
 use crate::domain::Actor;
 use crate::event::NewEvent;
 use crate::job::ChangeStatus;
@@ -70,19 +70,10 @@ pub async fn step(pool: &PgPool, job: &Job, chunk: i64) -> Result<Step, StepErro
             Step::Progressed(op)
         }
     } else if op.mode == "atomic" {
-        Step::Finished(atomic(&mut tx, &op, job.id, &request).await?)
+        Step::Finished(atomic(&mut tx, &op, job, &request).await?)
     } else {
         if let Some(next) = bulk::next_chunk(&mut tx, bulk_id).await? {
-            match apply_chunk(
-                &mut tx,
-                &op,
-                job.id,
-                &request,
-                &next.items,
-                Some(next.chunk),
-            )
-            .await
-            {
+            match apply_chunk(&mut tx, &op, job, &request, &next.items, Some(next.chunk)).await {
                 Ok(op) => Step::Progressed(op),
                 Err(e) if !crate::store::is_transient(&e) => {
                     // Some order cannot be written: apply this chunk order by order so
@@ -90,7 +81,7 @@ pub async fn step(pool: &PgPool, job: &Job, chunk: i64) -> Result<Step, StepErro
                     tracing::warn!(error = %e, "bulk chunk failed; isolating its orders");
                     drop(tx);
                     return Ok(Step::Progressed(
-                        isolate(pool, &op, job.id, &request, &next).await?,
+                        isolate(pool, &op, job, &request, &next).await?,
                     ));
                 }
                 Err(e) => return Err(e.into()),
@@ -111,7 +102,7 @@ pub async fn step(pool: &PgPool, job: &Job, chunk: i64) -> Result<Step, StepErro
 async fn apply_chunk(
     conn: &mut PgConnection,
     op: &BulkOp,
-    job_id: Uuid,
+    job: &Job,
     request: &ChangeStatus,
     items: &[(i32, Uuid)],
     done: Option<i32>,
@@ -125,9 +116,7 @@ async fn apply_chunk(
     let outcomes: Vec<ItemOutcome> = items
         .iter()
         .map(|(position, order_id)| {
-            judge(
-                &mut batch, *position, *order_id, actor, request, job_id, op.id,
-            )
+            judge(&mut batch, *position, *order_id, actor, request, job, op.id)
         })
         .collect();
     batch.write(conn).await?;
@@ -139,23 +128,14 @@ async fn apply_chunk(
 async fn isolate(
     pool: &PgPool,
     op: &BulkOp,
-    job_id: Uuid,
+    job: &Job,
     request: &ChangeStatus,
     chunk: &bulk::Chunk,
 ) -> sqlx::Result<BulkOp> {
     for item in &chunk.items {
         let mut tx = pool.begin().await?;
         bulk::lock(&mut tx, op.id).await?;
-        match apply_chunk(
-            &mut tx,
-            op,
-            job_id,
-            request,
-            std::slice::from_ref(item),
-            None,
-        )
-        .await
-        {
+        match apply_chunk(&mut tx, op, job, request, std::slice::from_ref(item), None).await {
             Ok(_) => {
                 bulk::mark_partial(&mut tx, op.id, chunk.chunk).await?;
                 tx.commit().await?
@@ -191,7 +171,7 @@ async fn isolate(
 async fn atomic(
     conn: &mut PgConnection,
     op: &BulkOp,
-    job_id: Uuid,
+    job: &Job,
     request: &ChangeStatus,
 ) -> sqlx::Result<BulkOp> {
     let items = bulk::all_pending_items(conn, op.id).await?;
@@ -204,9 +184,7 @@ async fn atomic(
     let mut outcomes: Vec<ItemOutcome> = items
         .iter()
         .map(|(position, order_id)| {
-            judge(
-                &mut batch, *position, *order_id, actor, request, job_id, op.id,
-            )
+            judge(&mut batch, *position, *order_id, actor, request, job, op.id)
         })
         .collect();
     let rejected = outcomes.iter().filter(|o| o.outcome == "rejected").count();
@@ -236,7 +214,7 @@ fn judge(
     order_id: Uuid,
     actor: Actor,
     request: &ChangeStatus,
-    job_id: Uuid,
+    job: &Job,
     bulk_id: Uuid,
 ) -> ItemOutcome {
     let Some(from) = batch.order(order_id).map(|o| o.status.as_str().to_owned()) else {
@@ -251,7 +229,12 @@ fn judge(
         };
     };
     let from = Some(from);
-    match batch.apply(order_id, actor, request, Some(job_id), Some(bulk_id)) {
+    let origin = Origin {
+        job_id: Some(job.id),
+        bulk_id: Some(bulk_id),
+        traceparent: job.traceparent.as_deref(),
+    };
+    match batch.apply(order_id, actor, request, origin) {
         Ok(applied) => ItemOutcome {
             position,
             order_id,

@@ -60,6 +60,7 @@ pub async fn sweep_once(
                     &JobMessage { job_id: job.id },
                     &actor,
                     job.customer_id,
+                    job.traceparent.as_deref(),
                     false,
                 )
                 .await?;
