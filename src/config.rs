@@ -163,6 +163,16 @@ pub struct RelayConfig {
     /// Poll interval when no NOTIFY arrives (a fallback: NOTIFY is the usual wake-up).
     #[arg(long, env = "RELAY_POLL_MS", default_value_t = 1_000)]
     pub relay_poll_ms: u64,
+
+    /// How long published events stay in the outbox: the window in which SSE clients (and
+    /// late consumers) can resume from it. Older ones are deleted by the active relay,
+    /// oldest first; `0` keeps everything.
+    #[arg(long, env = "OUTBOX_RETENTION_SECS", default_value_t = 7 * 24 * 3600)]
+    pub outbox_retention_secs: u64,
+
+    /// Seconds between retention passes of the active relay.
+    #[arg(long, env = "RETENTION_INTERVAL_SECS", default_value_t = 60)]
+    pub retention_interval_secs: u64,
 }
 
 /// The SSE bridge.

@@ -181,3 +181,61 @@ async fn bridge_starts_from_the_published_cursor_not_the_newest_seq() {
     );
     sys.stop().await;
 }
+
+/// Published events older than the retention window are deleted by the relay, oldest
+/// first; seqs go on from where they were; a client resuming from a deleted position is
+/// told so with a `reset` event and continues from what is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_prunes_published_events_and_a_resume_before_them_gets_reset() {
+    let mut sys = TestSystem::start_with_env(&[
+        ("OUTBOX_RETENTION_SECS", "1"),
+        ("RETENTION_INTERVAL_SECS", "1"),
+    ])
+    .await;
+    let ctok = sys.token("customer", Uuid::new_v4());
+    let atok = sys.token("admin", Uuid::new_v4());
+    let order = sys.create_simple_order(&ctok).await;
+    sys.apply(&atok, order, &json!({"action": "mark_paid"}))
+        .await;
+    // Both events (seq 1 and 2) are published, then deleted once older than a second.
+    let deadline = std::time::Instant::now() + EVENT_DEADLINE;
+    loop {
+        let (rows, published): (i64, i64) = sqlx::query_as(
+            "select (select count(*) from outbox), (select published_seq from outbox_cursor)",
+        )
+        .fetch_one(sys.db())
+        .await
+        .expect("outbox figures");
+        if rows == 0 && published == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "retention did not delete the published events within {EVENT_DEADLINE:?} ({rows} rows left, published through {published})"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    // A fresh bridge (nothing in memory): resuming after seq 1 can only be answered with
+    // a reset to what is kept; the next change follows as seq 3, not as a restarted seq 1.
+    sys.restart().await;
+    let mut stream = sys.sse_connect(SUBSCRIBE, Some(&ctok), Some(1)).await;
+    sys.apply(&atok, order, &json!({"action": "confirm"})).await;
+    let seen = stream
+        .collect_until(|e| e.kind() == "order.status_changed", EVENT_DEADLINE)
+        .await;
+    let kinds: Vec<&str> = seen.iter().map(SseEvent::kind).collect();
+    assert_eq!(kinds, ["reset", "order.status_changed"], "{seen:#?}");
+    let reset = seen[0].json();
+    assert_eq!(
+        (
+            reset["requested_after"].as_i64(),
+            reset["resume_after"].as_i64()
+        ),
+        (Some(1), Some(2)),
+        "{reset}"
+    );
+    assert_eq!(seen[1].seq(), 3, "seqs go on after a prune: {:?}", seen[1]);
+    assert_eq!(seen[1].json()["to"], "confirmed");
+    sys.stop().await;
+}

@@ -107,16 +107,44 @@ async fn publish_loop(
     let conn = broker::connect(url, "outbox-relay").await?;
     let publisher = EventPublisher::open(&conn, names).await?;
     let poll = Duration::from_millis(cfg.relay_poll_ms);
+    let mut retention =
+        tokio::time::interval(Duration::from_secs(cfg.retention_interval_secs.max(1)));
+    retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         drain(pool, lock, &publisher, cfg.relay_batch_size, shutdown).await?;
         tokio::select! {
             _ = shutdown.cancelled() => break,
             n = listener.recv() => { n.context("NOTIFY listener")?; }
             _ = tokio::time::sleep(poll) => {}
+            _ = retention.tick(), if cfg.outbox_retention_secs > 0 => {
+                prune(pool, cfg.outbox_retention_secs, cfg.relay_batch_size).await?;
+            }
         }
     }
     let _ = conn.close(200, "shutdown".into()).await;
     tracing::info!("outbox relay stopped");
+    Ok(())
+}
+
+/// One retention pass: delete published events older than the retention window, a batch
+/// per statement (short locks, no long transaction), until none is left to delete.
+async fn prune(pool: &PgPool, retention_secs: u64, batch: i64) -> anyhow::Result<()> {
+    let mut conn = pool.acquire().await?;
+    let mut deleted = 0;
+    loop {
+        let n = outbox::prune(&mut conn, retention_secs as f64, batch.max(1)).await?;
+        deleted += n;
+        if n < batch.max(1) as u64 {
+            break;
+        }
+    }
+    if deleted > 0 {
+        tracing::info!(
+            deleted,
+            retention_secs,
+            "outbox retention: deleted old events"
+        );
+    }
     Ok(())
 }
 

@@ -70,10 +70,13 @@ fn events(mut rows: Vec<StoredEvent>) -> Vec<Event> {
 /// seq so far, and return them in seq order. Only the relay holding the advisory lock calls
 /// this, so `max(seq)` is stable; were two ever to race, the unique `seq` fails one of them.
 pub async fn sequence(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<Event>> {
+    // After retention pruned every published row, the cursor still remembers the last seq.
     let rows: Vec<StoredEvent> = sqlx::query_as(&format!(
         "with next as (select id from outbox where seq is null order by id limit $1),
               numbered as (select id, row_number() over (order by id) as ord from next),
-              base as (select coalesce(max(seq), 0) as max_seq from outbox)
+              base as (select greatest(coalesce(max(seq), 0),
+                                       (select published_seq from outbox_cursor)) as max_seq
+                       from outbox)
          update outbox o set seq = base.max_seq + n.ord
          from numbered n, base
          where o.id = n.id
@@ -109,6 +112,29 @@ pub async fn mark_published(conn: &mut PgConnection, seq: i64) -> sqlx::Result<(
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// Delete up to `limit` of the oldest events that are published and older than
+/// `older_than_secs`: always a prefix in seq order, so what stays is one unbroken range and
+/// a resume point before it is answered with `reset`. Never an unpublished event.
+/// Returns how many were deleted.
+pub async fn prune(conn: &mut PgConnection, older_than_secs: f64, limit: i64) -> sqlx::Result<u64> {
+    let done = sqlx::query(
+        "with oldest as (
+             select seq, created_at from outbox
+             where seq is not null and seq <= (select published_seq from outbox_cursor)
+             order by seq limit $2),
+         upto as (
+             select coalesce(min(seq) filter (where created_at >= now() - make_interval(secs => $1)) - 1,
+                             max(seq)) as seq
+             from oldest)
+         delete from outbox where seq is not null and seq <= (select seq from upto)",
+    )
+    .bind(older_than_secs)
+    .bind(limit)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
 }
 
 /// The highest seq the broker has confirmed.
