@@ -164,6 +164,9 @@ pub async fn drain(
     let mut sent_through = outbox::published_seq(&mut conn).await?;
     let mut in_flight: Option<(i64, usize, Sending<'_>)> = None;
     let mut published = 0;
+    // Rows sequenced but not confirmed can only be left by a relay that died: they are
+    // all after the cursor, and are republished before anything new is sequenced.
+    let mut leftovers = true;
     loop {
         // The lock's session must still be alive, or a standby may have taken over.
         sqlx::query("select 1")
@@ -172,7 +175,10 @@ pub async fn drain(
             .context("relay lock session lost")?;
         let mut next = Vec::new();
         if !shutdown.is_cancelled() {
-            next = outbox::sequenced_after(&mut conn, sent_through, batch).await?;
+            if leftovers {
+                next = outbox::sequenced_after(&mut conn, sent_through, batch).await?;
+                leftovers = !next.is_empty();
+            }
             if next.is_empty() {
                 let mut tx = pool.begin().await?;
                 next = outbox::sequence(&mut tx, batch).await?;

@@ -132,14 +132,15 @@ async fn isolate(
     request: &ChangeStatus,
     chunk: &bulk::Chunk,
 ) -> sqlx::Result<BulkOp> {
+    // From here on some of the chunk's items may have outcomes: a resumed bulk checks them.
+    let mut tx = pool.begin().await?;
+    bulk::mark_partial(&mut tx, op.id, chunk.chunk).await?;
+    tx.commit().await?;
     for item in &chunk.items {
         let mut tx = pool.begin().await?;
         bulk::lock(&mut tx, op.id).await?;
         match apply_chunk(&mut tx, op, job, request, std::slice::from_ref(item), None).await {
-            Ok(_) => {
-                bulk::mark_partial(&mut tx, op.id, chunk.chunk).await?;
-                tx.commit().await?
-            }
+            Ok(_) => tx.commit().await?,
             Err(e) if crate::store::is_transient(&e) => return Err(e),
             Err(e) => {
                 drop(tx);
@@ -154,7 +155,6 @@ async fn isolate(
                     to: None,
                 };
                 bulk::record(&mut tx, op.id, &[failed], None).await?;
-                bulk::mark_partial(&mut tx, op.id, chunk.chunk).await?;
                 tx.commit().await?;
             }
         }

@@ -46,6 +46,32 @@ struct Worker {
     committed_batches: AtomicU64,
 }
 
+/// Consume `queue` with `prefetch` on a channel of its own, plus a confirm-mode control
+/// channel: retry and dead-letter copies must be confirmed before their original is acked.
+async fn consume(
+    conn: &Connection,
+    queue: &str,
+    prefetch: u16,
+) -> lapin::Result<(Channel, Channel, Consumer)> {
+    let channel = conn.create_channel().await?;
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    let control = conn.create_channel().await?;
+    control
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let consumer = channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((channel, control, consumer))
+}
+
 /// Run the worker (and its sweeper) until `shutdown`, reconnecting whenever the broker is lost.
 pub async fn run(
     pool: PgPool,
@@ -120,23 +146,8 @@ impl Worker {
         conn: &Connection,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
-        let channel = conn.create_channel().await?;
-        channel
-            .basic_qos(self.cfg.worker_prefetch, BasicQosOptions::default())
-            .await?;
-        // Retry and dead-letter copies must be confirmed before their original is acked.
-        let control = conn.create_channel().await?;
-        control
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        let mut consumer = channel
-            .basic_consume(
-                self.names.jobs.as_str().into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        let (channel, control, mut consumer) =
+            consume(conn, &self.names.jobs, self.cfg.worker_prefetch).await?;
         tracing::info!(queue = %self.names.jobs, prefetch = self.cfg.worker_prefetch, batch = self.cfg.worker_batch_size, "order worker consuming");
         loop {
             let first = tokio::select! {
@@ -165,21 +176,8 @@ impl Worker {
         if !self.cfg.worker_bulk {
             return Ok(());
         }
-        let channel = conn.create_channel().await?;
         // One bulk at a time per worker; more workers, more bulks in parallel.
-        channel.basic_qos(1, BasicQosOptions::default()).await?;
-        let control = conn.create_channel().await?;
-        control
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        let mut consumer = channel
-            .basic_consume(
-                self.names.bulk.as_str().into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        let (channel, control, mut consumer) = consume(conn, &self.names.bulk, 1).await?;
         loop {
             let next = tokio::select! {
                 biased;
