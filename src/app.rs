@@ -9,7 +9,7 @@ use crate::config::{
     BridgeConfig, CommonConfig, DEV_JWT_SECRET, HttpConfig, IngressConfig, RelayConfig,
     WorkerConfig,
 };
-use crate::ingress::error::ApiError;
+use crate::http::ApiError;
 use crate::ingress::{self, IngressState, health};
 use crate::sse::{self, BridgeState};
 use crate::store::db;
@@ -67,6 +67,7 @@ fn ingress_parts(
     keys: Keys,
     cfg: &IngressConfig,
     pool: &PgPool,
+    shutdown: &CancellationToken,
 ) -> (Router, Arc<JobPublisher>) {
     let publisher = Arc::new(JobPublisher::new(
         &common.amqp_url,
@@ -74,13 +75,7 @@ fn ingress_parts(
         cfg.publish_timeout(),
     ));
     let limits = ingress::limits::Limits::new(cfg.rate_per_actor, cfg.rate_per_ip);
-    let sweep = limits.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
-            sweep.shrink();
-        }
-    });
+    tokio::spawn(limits.clone().forget_idle_keys(shutdown.clone()));
     let state = IngressState {
         pool: pool.clone(),
         keys,
@@ -120,7 +115,7 @@ pub async fn run_ingress(
         std::time::Duration::from_secs(common.shutdown_timeout_secs),
     );
     let pool = db::connect(&common).await?;
-    let (router, publisher) = ingress_parts(&common, keys(&http), &cfg, &pool);
+    let (router, publisher) = ingress_parts(&common, keys(&http), &cfg, &pool, &shutdown);
     if let Err(e) = publisher.check_ready().await {
         tracing::warn!(error = %e, "broker not reachable yet; change-status answers 503 until it is");
     }
@@ -215,7 +210,8 @@ pub async fn run_all(cfg: AllConfig, shutdown: CancellationToken) -> anyhow::Res
     db::migrate(&pool).await?;
     let names = Names::from_config(&cfg.common);
     let keys = keys(&cfg.http);
-    let (ingress_router, publisher) = ingress_parts(&cfg.common, keys.clone(), &cfg.ingress, &pool);
+    let (ingress_router, publisher) =
+        ingress_parts(&cfg.common, keys.clone(), &cfg.ingress, &pool, &shutdown);
     // Declares the topology before anything is accepted; without a broker the roles wait
     // for it (and change-status answers 503) rather than the process giving up.
     if let Err(e) = publisher.check_ready().await {

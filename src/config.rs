@@ -149,6 +149,8 @@ pub struct WorkerConfig {
 
     /// Fault injection for tests: abort the process after every Nth committed batch,
     /// before acknowledging it (0: never). Proves that a redelivery applies nothing twice.
+    /// Only in builds with the `fault-injection` feature (the test suite's).
+    #[cfg(feature = "fault-injection")]
     #[arg(long, env = "ORDERFLOW_CRASH_AFTER_COMMIT_EVERY", default_value_t = 0)]
     pub crash_after_commit_every: u64,
 }
@@ -194,4 +196,15 @@ pub struct BridgeConfig {
     /// Reconnect delay suggested to clients (`retry:`), in milliseconds.
     #[arg(long, env = "SSE_RETRY_MS", default_value_t = 2_000)]
     pub sse_retry_ms: u64,
+}
+
+/// A connection URL without its password, for log and error messages.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
 }

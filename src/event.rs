@@ -2,8 +2,7 @@
 //! `seq` by the relay, published to `orderflow.events`, streamed by the SSE bridge. The
 //! JSON is the same everywhere (API.md, "Live events").
 
-use crate::domain::{Actor, OrderStatus, PaymentStatus, Role};
-use crate::store::orders::Order;
+use crate::domain::{OrderChange, OrderStatus, PaymentStatus, Role};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -27,17 +26,6 @@ pub struct NewEvent {
     /// The W3C trace context of the request that caused the event.
     pub traceparent: Option<String>,
     pub payload: String,
-}
-
-/// Who changed what, for the event and the audit row alike.
-pub struct Change<'a> {
-    pub action: &'a str,
-    pub from: Option<OrderStatus>,
-    pub actor: Actor,
-    pub reason: Option<&'a str>,
-    pub job_id: Option<Uuid>,
-    pub bulk_id: Option<Uuid>,
-    pub traceparent: Option<&'a str>,
 }
 
 /// The payload of `order.created` and `order.status_changed` (API.md, "Live events").
@@ -66,49 +54,47 @@ struct ActorPayload {
 }
 
 impl NewEvent {
-    /// The event announcing `order` as it is after `change` (creation when `from` is None).
-    pub fn order(order: &Order, change: &Change<'_>) -> Self {
+    /// The event announcing `change` (`order.created` when it has no `from`).
+    pub fn order(change: &OrderChange) -> Self {
         let (event_type, routing_key) = match change.from {
             None => (ORDER_CREATED, ORDER_CREATED.to_owned()),
-            Some(_) => (
-                ORDER_STATUS_CHANGED,
-                format!("order.status.{}", order.status),
-            ),
+            Some(_) => (ORDER_STATUS_CHANGED, format!("order.status.{}", change.to)),
         };
         let payload = OrderPayload {
             event_type,
-            order_id: order.id,
-            customer_id: order.customer_id,
+            order_id: change.order_id,
+            customer_id: change.customer_id,
             from: change.from,
-            to: order.status,
+            to: change.to,
             action: change.action,
-            payment_status: order.payment_status,
-            version: order.version,
+            payment_status: change.payment_status,
+            version: change.version,
             actor: ActorPayload {
                 id: change.actor.id,
                 role: change.actor.role,
             },
-            reason: change.reason,
+            reason: change.reason.as_deref(),
             job_id: change.job_id,
             bulk_id: change.bulk_id,
-            at: order.updated_at,
+            at: change.at,
         };
         NewEvent {
-            order_id: Some(order.id),
-            customer_id: Some(order.customer_id),
+            order_id: Some(change.order_id),
+            customer_id: Some(change.customer_id),
             event_type,
             routing_key,
-            to_status: Some(order.status.as_str()),
-            traceparent: change.traceparent.map(str::to_owned),
+            to_status: Some(change.to.as_str()),
+            traceparent: change.traceparent.clone(),
             payload: serde_json::to_string(&payload).expect("an event payload serializes"),
         }
     }
 
-    /// A bulk operation's progress (for admins and support on SSE, and downstream).
-    pub fn bulk_progress(bulk: &crate::store::bulk::BulkOp) -> Self {
-        let mut payload = bulk.view();
+    /// A bulk operation's progress (for admins and support on SSE, and downstream):
+    /// `view` is the bulk as `GET /orders/bulk/{id}` shows it.
+    pub fn bulk_progress(bulk_id: Uuid, view: Value) -> Self {
+        let mut payload = view;
         payload["type"] = Value::from(BULK_PROGRESS);
-        payload["bulk_id"] = serde_json::json!(bulk.id);
+        payload["bulk_id"] = serde_json::json!(bulk_id);
         payload["at"] = serde_json::json!(Utc::now());
         NewEvent {
             order_id: None,

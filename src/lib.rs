@@ -1,20 +1,27 @@
 //! orderflow: order processing as a message-queue driven worker system.
 //!
-//! A job's path, and the module that owns each step:
+//! A job's path, and the module that owns each step (the layers and what each may import:
+//! `docs/architecture.md`):
 //!
-//! - [`ingress`] — axum HTTP API: validates, writes the `jobs` row, publishes the job with
-//!   a publisher confirm ([`broker::publisher`]) and answers 202 (or waits, `Prefer: wait`).
+//! - [`ingress`] — axum HTTP API, thin handlers: extract ([`http`]), call a use case in
+//!   [`orders`], render.
+//! - [`orders`] — the use cases: a change parsed once ([`orders::ChangeCommand`]), the one
+//!   apply path ([`orders::apply::Batch`]), job and bulk submission (idempotent, published
+//!   with a confirm or undone), order creation, bulk preview and steps.
 //! - [`worker`] — consumes jobs in micro-batches and applies each batch in one Postgres
-//!   transaction: orders, stock, audit history, outbox rows and job outcomes ([`store`]).
-//! - [`domain`] — the state machine as data: every decision is `domain::machine::decide`.
+//!   transaction through [`orders::apply`]; bulk jobs chunk by chunk through
+//!   [`orders::bulk`].
+//! - [`domain`] — pure: the state machine as data (every decision is
+//!   `domain::machine::decide`), the job and bulk lifecycles, the change record.
 //! - [`relay`] — publishes committed outbox rows to the `orderflow.events` topic exchange,
 //!   each with a gap-free `seq`; one active relay, standbys behind an advisory lock.
 //! - [`sse`] — the bridge: its own queue on the events exchange, fan-out to browsers,
 //!   resume by `Last-Event-ID` from memory or from the outbox.
 //!
-//! Around them: [`config`] (clap + env), [`auth`] (JWT → [`domain::Actor`]), [`event`] (the
-//! event JSON shared by outbox, exchange and SSE), [`job`] (what a job asks for), [`app`]
-//! (composing roles into processes), [`bench`] (the bulk benchmark), [`telemetry`],
+//! Around them: [`store`] (SQL, the caller owns the transaction), [`broker`] (RabbitMQ
+//! topology and confirmed publishers), [`http`] (the one `ApiError`, extractors), [`event`]
+//! (the event JSON shared by outbox, exchange and SSE), [`auth`] (JWT → [`domain::Actor`]),
+//! [`config`] (clap + env), [`app`] (composing roles into processes), [`telemetry`],
 //! [`trace`] (W3C `traceparent` carried from request to event) and [`shutdown`].
 
 // Every orderflow binary allocates through mimalloc: the hot paths (events, bind arrays,
@@ -30,8 +37,9 @@ pub mod broker;
 pub mod config;
 pub mod domain;
 pub mod event;
+pub mod http;
 pub mod ingress;
-pub mod job;
+pub mod orders;
 pub mod relay;
 pub mod shutdown;
 pub mod sse;

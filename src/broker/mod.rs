@@ -12,20 +12,27 @@ pub use topology::Names;
 use anyhow::Context;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use lapin::{Connection, ConnectionProperties};
+use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// The body of a job message on `orderflow.jobs` and `orderflow.bulk`: only the job's id.
+/// What the job asks for is its row in `jobs`, read by the worker.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct JobMessage {
+    pub job_id: Uuid,
+}
 
 /// Open a connection named after the role (it shows in the management UI).
 pub async fn connect(url: &str, role: &str) -> anyhow::Result<Connection> {
     let props = ConnectionProperties::default()
         .with_connection_name(format!("orderflow-{role}-{}", std::process::id()).into());
-    Connection::connect(url, props).await.with_context(|| {
-        format!(
-            "connecting to RabbitMQ at {}",
-            crate::store::db::redact(url)
-        )
-    })
+    Connection::connect(url, props)
+        .await
+        .with_context(|| format!("connecting to RabbitMQ at {}", crate::config::redact(url)))
 }
 
 /// Run `session` until it returns Ok (it saw `shutdown`) or `shutdown` fires, starting it

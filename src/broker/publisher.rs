@@ -1,10 +1,10 @@
 //! Publishing with publisher confirms. A job is accepted only once the broker confirmed
 //! it; an event is marked published only once the broker confirmed it.
 
+use super::JobMessage;
 use super::{Names, connect, topology};
 use crate::domain::Actor;
 use crate::event::Event;
-use crate::job::JobMessage;
 use futures::StreamExt;
 use futures::future::Either;
 use lapin::Confirmation;
@@ -304,7 +304,6 @@ impl EventPublisher {
         })
     }
 
-    /// Publish `events` in order and wait until the broker confirmed all of them.
     /// Queue `events` for publishing, in order, before returning; the returned future
     /// resolves once the broker has confirmed every one of them (or with the first
     /// failure). Queue the next batch before awaiting it to keep the broker busy.

@@ -3,12 +3,16 @@
 //! the workers, the documentation endpoint and the tests all read the same rules.
 
 pub mod action;
+pub mod change;
+pub mod lifecycle;
 pub mod machine;
 pub mod rejection;
 pub mod role;
 pub mod status;
 
 pub use action::Action;
+pub use change::OrderChange;
+pub use lifecycle::{BulkMode, BulkStatus, ItemOutcome, JobKind, JobStatus};
 pub use machine::{
     ActionAvailability, ChangeRequest, Decision, Guard, OrderContext, StockEffect, StockLine,
     TRANSITIONS, Transition,

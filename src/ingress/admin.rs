@@ -1,10 +1,11 @@
 //! Operating the job pipeline (admin only): list jobs by status, redrive dead ones.
 
 use super::IngressState;
-use super::error::ApiError;
-use super::extract::{Path, Query};
-use crate::domain::{Actor, RejectCode, Role};
-use crate::job::JobMessage;
+use crate::broker::JobMessage;
+use crate::domain::{Actor, JobStatus, RejectCode, Role};
+use crate::http::ApiError;
+use crate::http::extract::{Path, Query};
+use crate::orders::submit::publish_or_compensate;
 use crate::store::jobs::{self, JobView};
 use crate::store::orders;
 use axum::Router;
@@ -33,21 +34,12 @@ fn admin_only(actor: &Actor) -> Result<(), ApiError> {
     }
 }
 
-const STATUSES: [&str; 7] = [
-    "queued",
-    "running",
-    "succeeded",
-    "rejected",
-    "retrying",
-    "dead",
-    "cancelled",
-];
 const MAX_PAGE: i64 = 200;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ListParams {
-    status: Option<String>,
+    status: Option<JobStatus>,
     limit: Option<i64>,
     cursor: Option<Uuid>,
 }
@@ -58,14 +50,6 @@ async fn list(
     Query(p): Query<ListParams>,
 ) -> Result<Response, ApiError> {
     admin_only(&actor)?;
-    if let Some(s) = &p.status {
-        if !STATUSES.contains(&s.as_str()) {
-            return Err(ApiError::BadRequest(format!(
-                "unknown status `{s}`; one of {}",
-                STATUSES.join(", ")
-            )));
-        }
-    }
     let limit = p.limit.unwrap_or(50);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::BadRequest(format!(
@@ -74,7 +58,7 @@ async fn list(
     }
     let mut page = jobs::list(
         &mut *state.pool.acquire().await?,
-        p.status.as_deref(),
+        p.status,
         p.cursor,
         limit + 1,
     )
@@ -113,7 +97,7 @@ async fn retry(
         id: job.actor_id,
         role: job.actor_role,
     };
-    if let Err(e) = state
+    let published = state
         .publisher
         .publish(
             &JobMessage { job_id: id },
@@ -122,12 +106,14 @@ async fn retry(
             job.traceparent.as_deref(),
             false,
         )
-        .await
-    {
-        let error = json!({ "code": "redrive_failed", "message": e.to_string() });
-        jobs::back_to_dead(&mut *state.pool.acquire().await?, id, &error).await?;
-        return Err(e.into());
-    }
+        .await;
+    publish_or_compensate(
+        &state.pool,
+        "redrive_failed",
+        published,
+        async |conn, error| jobs::back_to_dead(conn, id, error).await.map(|()| true),
+    )
+    .await?;
     tracing::info!(job_id = %id, by = %actor.id, "dead job redriven");
     let mut response = (
         StatusCode::ACCEPTED,

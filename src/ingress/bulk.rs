@@ -1,25 +1,23 @@
 //! Bulk operations over HTTP: filter and preview (admin, support), then apply in the
-//! background (admin) with progress, results export and cancel. The preview runs the very
-//! [`Batch`] the bulk worker runs, on the current state, and writes nothing.
+//! background (admin) with progress, results export and cancel. The use cases are in
+//! [`crate::orders::bulk`].
 
 use super::IngressState;
-use super::error::ApiError;
-use super::extract::{Json, Path, Query};
-use crate::domain::{Action, Actor, OrderStatus, RejectCode, Role};
-use crate::job::{ChangeStatus, JobMessage};
-use crate::store::bulk::{self, NOT_FOUND, NewBulk, Selection};
-use crate::store::jobs::{self, KIND_BULK, NewJob};
-use crate::worker::apply::{Batch, Origin};
+use crate::domain::{Actor, BulkStatus, RejectCode, Role};
+use crate::http::ApiError;
+use crate::http::extract::{Json, Path, Query};
+use crate::http::headers::{IdempotencyKey, TraceParent};
+use crate::orders::bulk::{BulkChange, Preview};
+use crate::store::bulk::{self, Selection};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
-use std::collections::BTreeMap;
 use uuid::Uuid;
 
 pub fn router() -> Router<IngressState> {
@@ -90,214 +88,38 @@ async fn filter(
     )
 }
 
-/// The change a bulk asks for (shared by preview and status-update).
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BulkChange {
-    selection: Selection,
-    action: Option<Action>,
-    to: Option<OrderStatus>,
-    reason: Option<String>,
-    tracking_number: Option<String>,
-    mode: Option<String>,
-}
-
-impl BulkChange {
-    fn request(&self) -> Result<ChangeStatus, ApiError> {
-        valid_selection(&self.selection)?;
-        if self.action.is_some() == self.to.is_some() {
-            return Err(ApiError::BadRequest(
-                "give exactly one of `action` and `to`".into(),
-            ));
-        }
-        if self
-            .reason
-            .as_ref()
-            .is_some_and(|r| r.chars().count() > 500)
-        {
-            return Err(ApiError::BadRequest(
-                "`reason` is at most 500 characters".into(),
-            ));
-        }
-        Ok(ChangeStatus {
-            action: self.action,
-            to: self.to,
-            reason: self.reason.clone(),
-            expected_version: None,
-            tracking_number: self.tracking_number.clone(),
-        })
-    }
-}
-
-const SAMPLE: usize = 20;
-
-/// What the bulk would do now, decided by the apply path itself, as the admin who would
-/// run it (support may preview what only an admin may apply).
+/// What the bulk would do now, decided by the apply path itself; writes nothing.
 async fn preview(
     State(state): State<IngressState>,
     actor: Actor,
     Json(body): Json<BulkChange>,
-) -> Result<Response, ApiError> {
+) -> Result<axum::Json<Preview>, ApiError> {
     staff(&actor)?;
-    let request = body.request()?;
-    if body.mode.is_some() {
-        return Err(ApiError::BadRequest(
-            "`mode` belongs to status-update, not preview".into(),
-        ));
-    }
-    // A read-only transaction: one consistent snapshot, and nothing can be written.
-    let mut tx = state.pool.begin().await?;
-    sqlx::query("set transaction read only")
-        .execute(&mut *tx)
-        .await?;
-    let ids = bulk::selected(&mut tx, &body.selection).await?;
-    let mut batch = Batch::load(&mut tx, &ids, false).await?;
-    tx.rollback().await?;
-
-    let judge_as = Actor {
-        id: actor.id,
-        role: Role::Admin,
-    };
-    let mut would_apply = 0;
-    let mut not_found = 0;
-    let mut would_reject: BTreeMap<&'static str, u64> = BTreeMap::new();
-    let mut by_status: BTreeMap<&'static str, u64> = BTreeMap::new();
-    let mut sample = Vec::new();
-    for id in &ids {
-        let Some(status) = batch.order(*id).map(|o| o.status) else {
-            // An explicit id without an order: the real run reports it the same way.
-            not_found += 1;
-            *would_reject.entry(NOT_FOUND).or_default() += 1;
-            if sample.len() < SAMPLE {
-                sample.push(json!({ "order_id": id, "outcome": "rejected", "code": NOT_FOUND }));
-            }
-            continue;
-        };
-        *by_status.entry(status.as_str()).or_default() += 1;
-        let outcome = batch.apply(*id, judge_as, &request, Origin::default());
-        if sample.len() < SAMPLE {
-            sample.push(match &outcome {
-                Ok(a) => {
-                    json!({ "order_id": id, "outcome": "applied", "from": a.from, "to": a.to })
-                }
-                Err(r) => json!({ "order_id": id, "outcome": "rejected", "code": r.code }),
-            });
-        }
-        match outcome {
-            Ok(_) => would_apply += 1,
-            Err(r) => *would_reject.entry(r.code.as_str()).or_default() += 1,
-        }
-    }
-    Ok(axum::Json(json!({
-        "matched": ids.len() - not_found,
-        "not_found": not_found,
-        "would_apply": would_apply,
-        "would_reject": would_reject,
-        "by_status": by_status,
-        "sample": sample,
-    }))
-    .into_response())
-}
-
-fn location(response: &mut Response, bulk_id: Uuid) {
-    let value = HeaderValue::from_str(&format!("/orders/bulk/{bulk_id}")).expect("uuid header");
-    response.headers_mut().insert(header::LOCATION, value);
+    Ok(axum::Json(
+        crate::orders::bulk::preview(&state.pool, actor, body).await?,
+    ))
 }
 
 async fn status_update(
     State(state): State<IngressState>,
     actor: Actor,
-    headers: HeaderMap,
+    IdempotencyKey(key): IdempotencyKey,
+    TraceParent(traceparent): TraceParent,
     Json(body): Json<BulkChange>,
 ) -> Result<Response, ApiError> {
     admin(&actor)?;
-    let request = body.request()?;
-    if request
-        .reason
-        .as_deref()
-        .is_none_or(|r| r.trim().is_empty())
-    {
-        return Err(ApiError::BadRequest(
-            "a bulk change needs a `reason` (it is written to every order's history)".into(),
-        ));
-    }
-    let mode = match body.mode.as_deref() {
-        Some(m @ ("best_effort" | "atomic")) => m,
-        Some(other) => {
-            return Err(ApiError::BadRequest(format!(
-                "unknown mode `{other}`: best_effort or atomic"
-            )));
-        }
-        None => {
-            return Err(ApiError::BadRequest(
-                "`mode` is required: best_effort or atomic".into(),
-            ));
-        }
+    let submitted =
+        crate::orders::bulk::submit(&state.pool, &state.publisher, actor, body, key, traceparent)
+            .await?;
+    let status = if submitted.repeat {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
     };
-    let key = super::orders::idempotency_key(&headers)?;
-    let selection = serde_json::to_value(&body.selection).expect("selection serializes");
-    let request = serde_json::to_value(&request).expect("request serializes");
-    let bulk_id = Uuid::now_v7();
-    let job_id = Uuid::now_v7();
-
-    let mut tx = state.pool.begin().await?;
-    let new = NewBulk {
-        id: bulk_id,
-        actor_id: actor.id,
-        actor_role: actor.role,
-        selection: &selection,
-        request: &request,
-        mode,
-        idempotency_key: key.as_deref(),
-    };
-    let Some(_) = bulk::insert(&mut tx, &new).await? else {
-        let first = bulk::by_idempotency_key(&mut tx, actor.id, key.as_deref().expect("keyed"))
-            .await?
-            .ok_or(ApiError::NotFound("bulk"))?;
-        let job = jobs::job_of_bulk(&mut tx, first.id).await?;
-        let mut response = (
-            StatusCode::OK,
-            axum::Json(json!({ "bulk_id": first.id, "job_id": job, "status": first.status })),
-        )
-            .into_response();
-        location(&mut response, first.id);
-        return Ok(response);
-    };
-    let payload = json!({ "bulk_id": bulk_id });
-    let traceparent = crate::trace::for_request(&headers);
-    let job = NewJob {
-        id: job_id,
-        kind: KIND_BULK,
-        order_id: None,
-        bulk_id: Some(bulk_id),
-        actor_id: actor.id,
-        actor_role: actor.role,
-        payload: &payload,
-        idempotency_key: None,
-        traceparent: Some(&traceparent),
-    };
-    jobs::insert(&mut tx, &job).await?;
-    tx.commit().await?;
-
-    if let Err(e) = state
-        .publisher
-        .publish_bulk(&JobMessage { job_id }, &actor, Some(&traceparent))
-        .await
-    {
-        let error = json!({ "code": "not_queued", "message": e.to_string() });
-        if bulk::abandon_unqueued(&mut *state.pool.acquire().await?, bulk_id, &error).await? {
-            return Err(e.into());
-        }
-        tracing::warn!(error = %e, "bulk publish unconfirmed but a worker already took it");
-    }
-    tracing::info!(%bulk_id, %job_id, mode, "bulk queued");
-    let mut response = (
-        StatusCode::ACCEPTED,
-        axum::Json(json!({ "bulk_id": bulk_id, "job_id": job_id, "status": "queued" })),
-    )
-        .into_response();
-    location(&mut response, bulk_id);
-    Ok(response)
+    let body = json!({ "bulk_id": submitted.bulk_id, "job_id": submitted.job_id, "status": submitted.status });
+    let location =
+        HeaderValue::from_str(&format!("/orders/bulk/{}", submitted.bulk_id)).expect("uuid header");
+    Ok((status, [(header::LOCATION, location)], axum::Json(body)).into_response())
 }
 
 async fn read(
@@ -380,12 +202,14 @@ fn export_rows(
         while let Some(row) = rows.next().await {
             let chunk = row.map(|r| {
                 if csv {
-                    let field = |v: &Option<String>| v.clone().unwrap_or_default();
+                    fn field<T: ToString>(v: &Option<T>) -> String {
+                        v.as_ref().map(T::to_string).unwrap_or_default()
+                    }
                     format!(
                         "{},{},{},{},{}\n",
                         r.order_id,
-                        field(&r.outcome).replace(',', ""),
-                        field(&r.code),
+                        field(&r.outcome),
+                        field(&r.code).replace(',', ""),
                         field(&r.from),
                         field(&r.to)
                     )
@@ -420,13 +244,13 @@ async fn cancel(
     let op = bulk::request_cancel(&mut conn, id)
         .await?
         .ok_or(ApiError::NotFound("bulk"))?;
-    if op.is_terminal() && op.status != "cancelled" {
+    if op.status.is_terminal() && op.status != BulkStatus::Cancelled {
         return Err(ApiError::Conflict(
             "not_running",
             format!("the bulk already ended: `{}`", op.status),
         ));
     }
-    let status = if op.status == "running" {
+    let status = if op.status == BulkStatus::Running {
         StatusCode::ACCEPTED
     } else {
         StatusCode::OK

@@ -1,9 +1,9 @@
 //! The state machine, documented by the table itself: JSON or a Mermaid diagram.
 
 use super::IngressState;
-use super::error::ApiError;
-use super::extract::Query;
 use crate::domain::{OrderStatus, PaymentStatus, RejectCode, Role, TRANSITIONS};
+use crate::http::ApiError;
+use crate::http::extract::Query;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;

@@ -1,9 +1,10 @@
 //! Stock levels per sku (admin and system write; support may read).
 
 use super::IngressState;
-use super::error::ApiError;
-use super::extract::{Json, Path};
 use crate::domain::{Actor, RejectCode, Role};
+use crate::http::ApiError;
+use crate::http::extract::{Json, Path};
+use crate::orders::create::valid_sku;
 use crate::store::inventory;
 use axum::Router;
 use axum::extract::State;
@@ -12,6 +13,18 @@ use serde::Deserialize;
 
 pub fn router() -> Router<IngressState> {
     Router::new().route("/inventory/{sku}", get(read).put(write))
+}
+
+/// A sku as order items may carry it; anything else (a NUL, a space) is a 400 here rather
+/// than a database error later.
+fn checked_sku(sku: &str) -> Result<(), ApiError> {
+    if valid_sku(sku) {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(
+            "sku: 1-64 characters of A-Z a-z 0-9 - _ . :".into(),
+        ))
+    }
 }
 
 #[derive(Deserialize)]
@@ -32,9 +45,7 @@ async fn write(
             "only admin and system may set stock",
         ));
     }
-    if sku.is_empty() || sku.len() > 64 {
-        return Err(ApiError::BadRequest("sku is 1 to 64 characters".into()));
-    }
+    checked_sku(&sku)?;
     if body.on_hand < 0 {
         return Err(ApiError::BadRequest(
             "`on_hand` must not be negative".into(),
@@ -64,6 +75,7 @@ async fn read(
             "customers may not read stock levels",
         ));
     }
+    checked_sku(&sku)?;
     let mut conn = state.pool.acquire().await?;
     inventory::get(&mut conn, &sku)
         .await?

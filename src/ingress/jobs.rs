@@ -1,9 +1,9 @@
 //! Job status: owner, support and admin may read; anyone else gets 404.
 
 use super::IngressState;
-use super::error::ApiError;
-use super::extract::Path;
 use crate::domain::Actor;
+use crate::http::ApiError;
+use crate::http::extract::Path;
 use crate::store::jobs::{self, JobView};
 use crate::store::orders;
 use axum::Router;

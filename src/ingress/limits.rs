@@ -2,7 +2,7 @@
 //! over its limit gets 429 with `Retry-After`, and nothing of its request is done.
 
 use super::IngressState;
-use super::error::ApiError;
+use crate::http::ApiError;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -12,6 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 #[derive(Clone)]
@@ -53,13 +54,20 @@ impl Limits {
         }
     }
 
-    /// Forget idle keys (call now and then, so memory follows active callers only).
-    pub fn shrink(&self) {
-        if let Some(l) = &self.0.per_actor {
-            l.retain_recent();
-        }
-        if let Some(l) = &self.0.per_ip {
-            l.retain_recent();
+    /// Forget idle keys once a minute until `shutdown`, so memory follows active callers only.
+    pub async fn forget_idle_keys(self, shutdown: CancellationToken) {
+        let mut every = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            if let Some(l) = &self.0.per_actor {
+                l.retain_recent();
+            }
+            if let Some(l) = &self.0.per_ip {
+                l.retain_recent();
+            }
         }
     }
 }

@@ -5,8 +5,6 @@
 pub mod admin;
 pub mod bulk;
 pub mod docs;
-pub mod error;
-pub mod extract;
 pub mod health;
 pub mod inventory;
 pub mod jobs;

@@ -37,8 +37,9 @@ impl Hub {
         self.inner.read().expect("hub lock").head
     }
 
-    /// Move the head forward without an event (at start, from the outbox's highest seq),
-    /// so clients connecting without Last-Event-ID start from "now".
+    /// Move the head forward without an event (at start, to the outbox's published cursor),
+    /// so clients connecting without Last-Event-ID start from "now"; events sequenced but
+    /// not yet published arrive later through the queue or the gap fill.
     pub fn advance_head(&self, seq: i64) {
         let mut ring = self.inner.write().expect("hub lock");
         if seq > ring.head && ring.events.is_empty() {

@@ -11,7 +11,7 @@ use crate::broker::{self, Names};
 use crate::config::BridgeConfig;
 use crate::domain::{Actor, Role};
 use crate::event::Event;
-use crate::ingress::error::ApiError;
+use crate::http::ApiError;
 use anyhow::Context;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;

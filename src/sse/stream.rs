@@ -4,7 +4,7 @@
 
 use super::{BridgeState, Filter, role_index};
 use crate::event::Event;
-use crate::ingress::error::ApiError;
+use crate::http::ApiError;
 use crate::store::outbox;
 use axum::response::sse::Event as Frame;
 use std::convert::Infallible;

@@ -1,6 +1,6 @@
 //! Bulk operations and their items (the snapshot of a selection, with each order's outcome).
 
-use crate::domain::{OrderStatus, PaymentStatus, Role};
+use crate::domain::{BulkMode, BulkStatus, ItemOutcome, OrderStatus, PaymentStatus, Role};
 use crate::store::orders::Order;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
@@ -147,12 +147,11 @@ pub async fn selected(conn: &mut PgConnection, sel: &Selection) -> sqlx::Result<
 pub struct BulkOp {
     pub id: Uuid,
     pub actor_id: Uuid,
-    #[sqlx(try_from = "String")]
     pub actor_role: Role,
     pub selection: Value,
     pub request: Value,
-    pub mode: String,
-    pub status: String,
+    pub mode: BulkMode,
+    pub status: BulkStatus,
     pub cancel_requested: bool,
     pub total: i32,
     pub applied: i32,
@@ -166,13 +165,6 @@ pub struct BulkOp {
 }
 
 impl BulkOp {
-    pub fn is_terminal(&self) -> bool {
-        matches!(
-            self.status.as_str(),
-            "completed" | "rejected" | "cancelled" | "failed"
-        )
-    }
-
     pub fn pending(&self) -> i32 {
         (self.total - self.applied - self.rejected - self.failed - self.skipped).max(0)
     }
@@ -208,7 +200,7 @@ pub struct NewBulk<'a> {
     pub actor_role: Role,
     pub selection: &'a Value,
     pub request: &'a Value,
-    pub mode: &'a str,
+    pub mode: BulkMode,
     pub idempotency_key: Option<&'a str>,
 }
 
@@ -222,7 +214,7 @@ pub async fn insert(conn: &mut PgConnection, b: &NewBulk<'_>) -> sqlx::Result<Op
     ))
     .bind(b.id)
     .bind(b.actor_id)
-    .bind(b.actor_role.as_str())
+    .bind(b.actor_role)
     .bind(b.selection)
     .bind(b.request)
     .bind(b.mode)
@@ -413,14 +405,15 @@ pub async fn all_pending_items(
 /// The code of an item whose id (in an explicit selection) has no order.
 pub const NOT_FOUND: &str = "not_found";
 
-/// One item's outcome.
-pub struct ItemOutcome {
+/// One item's outcome, as recorded.
+#[derive(Debug, Clone)]
+pub struct ItemRecord {
     pub position: i32,
     pub order_id: Uuid,
-    pub outcome: &'static str,
+    pub outcome: ItemOutcome,
     pub code: Option<String>,
-    pub from: Option<String>,
-    pub to: Option<String>,
+    pub from: Option<OrderStatus>,
+    pub to: Option<OrderStatus>,
 }
 
 /// Record outcomes set-wise and add them to the bulk's counters; with `done`, that chunk
@@ -432,10 +425,13 @@ pub struct ItemOutcome {
 pub async fn record(
     conn: &mut PgConnection,
     id: Uuid,
-    items: &[ItemOutcome],
+    items: &[ItemRecord],
     done: Option<i32>,
 ) -> sqlx::Result<BulkOp> {
-    let rows: Vec<&ItemOutcome> = items.iter().filter(|i| i.outcome != "applied").collect();
+    let rows: Vec<&ItemRecord> = items
+        .iter()
+        .filter(|i| i.outcome != ItemOutcome::Applied)
+        .collect();
     if !rows.is_empty() {
         sqlx::query(
             "insert into bulk_items (bulk_id, position, order_id, outcome, code, from_status, to_status)
@@ -446,22 +442,22 @@ pub async fn record(
         .bind(rows.iter().map(|i| i.order_id).collect::<Vec<_>>())
         .bind(rows.iter().map(|i| i.outcome).collect::<Vec<_>>())
         .bind(rows.iter().map(|i| i.code.as_deref()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|i| i.from.as_deref()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|i| i.to.as_deref()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|i| i.from).collect::<Vec<_>>())
+        .bind(rows.iter().map(|i| i.to).collect::<Vec<_>>())
         .execute(&mut *conn)
         .await?;
     }
-    let count = |o: &str| items.iter().filter(|i| i.outcome == o).count() as i32;
+    let count = |o: ItemOutcome| items.iter().filter(|i| i.outcome == o).count() as i32;
     sqlx::query_as(&format!(
         "update bulk_operations set applied = applied + $2, rejected = rejected + $3, failed = failed + $4,
                 skipped = skipped + $5, next_chunk = coalesce($6 + 1, next_chunk), updated_at = now()
          where id = $1 returning {COLUMNS}"
     ))
     .bind(id)
-    .bind(count("applied"))
-    .bind(count("rejected"))
-    .bind(count("failed"))
-    .bind(count("skipped"))
+    .bind(count(ItemOutcome::Applied))
+    .bind(count(ItemOutcome::Rejected))
+    .bind(count(ItemOutcome::Failed))
+    .bind(count(ItemOutcome::Skipped))
     .bind(done)
     .fetch_one(conn)
     .await
@@ -493,7 +489,7 @@ pub async fn skip_pending(conn: &mut PgConnection, id: Uuid, code: &str) -> sqlx
 pub async fn finish(
     conn: &mut PgConnection,
     id: Uuid,
-    status: &str,
+    status: BulkStatus,
     error: Option<&Value>,
 ) -> sqlx::Result<BulkOp> {
     sqlx::query_as(&format!(
@@ -527,10 +523,10 @@ pub async fn request_cancel(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<O
 #[derive(Debug, Serialize, sqlx::FromRow)]
 pub struct ResultRow {
     pub order_id: Uuid,
-    pub outcome: Option<String>,
+    pub outcome: Option<ItemOutcome>,
     pub code: Option<String>,
-    pub from: Option<String>,
-    pub to: Option<String>,
+    pub from: Option<OrderStatus>,
+    pub to: Option<OrderStatus>,
 }
 
 /// Every item of a bulk in position order (those not done yet without an outcome), as a

@@ -1,6 +1,6 @@
 //! Connecting, creating the database on first start, and migrations (embedded).
 
-use crate::config::CommonConfig;
+use crate::config::{CommonConfig, redact};
 use anyhow::Context;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool};
@@ -62,15 +62,4 @@ pub async fn create_if_missing(cfg: &CommonConfig) -> anyhow::Result<()> {
 
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     MIGRATOR.run(pool).await.context("applying migrations")
-}
-
-/// The URL without its password, for messages.
-pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_owned(),
-    }
 }

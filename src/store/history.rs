@@ -1,25 +1,10 @@
 //! The append-only audit log: one row per committed change (and one for creation).
 
-use crate::domain::Role;
+use crate::domain::OrderChange;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgConnection;
 use uuid::Uuid;
-
-/// An owned row for set-wise inserts (a batch's changes).
-#[derive(Debug, Clone)]
-pub struct NewRow {
-    pub order_id: Uuid,
-    pub from: Option<String>,
-    pub to: String,
-    pub action: String,
-    pub actor_id: Uuid,
-    pub actor_role: Role,
-    pub reason: Option<String>,
-    pub job_id: Option<Uuid>,
-    pub bulk_id: Option<Uuid>,
-    pub version: i64,
-}
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Entry {
@@ -74,32 +59,35 @@ impl From<Entry> for EntryView {
     }
 }
 
-/// Insert many rows in one statement, all stamped `at` (the transaction's time).
+/// Insert the audit rows of many changes in one statement, all stamped `at` (the
+/// transaction's time).
 pub async fn insert_many(
     conn: &mut PgConnection,
-    rows: &[NewRow],
+    changes: &[OrderChange],
     at: DateTime<Utc>,
 ) -> sqlx::Result<()> {
-    if rows.is_empty() {
+    if changes.is_empty() {
         return Ok(());
     }
-    let col = |f: fn(&NewRow) -> Option<String>| rows.iter().map(f).collect::<Vec<_>>();
+    fn col<'a, T>(changes: &'a [OrderChange], f: impl Fn(&'a OrderChange) -> T) -> Vec<T> {
+        changes.iter().map(f).collect()
+    }
     sqlx::query(
         "insert into order_status_history
            (order_id, from_status, to_status, action, actor_id, actor_role, reason, job_id, bulk_id, version, created_at)
          select *, $11 from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[], $6::text[],
                                   $7::text[], $8::uuid[], $9::uuid[], $10::bigint[])",
     )
-    .bind(rows.iter().map(|r| r.order_id).collect::<Vec<_>>())
-    .bind(col(|r| r.from.clone()))
-    .bind(rows.iter().map(|r| r.to.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.action.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.actor_id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.actor_role.as_str()).collect::<Vec<_>>())
-    .bind(col(|r| r.reason.clone()))
-    .bind(rows.iter().map(|r| r.job_id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.bulk_id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
+    .bind(col(changes, |c| c.order_id))
+    .bind(col(changes, |c| c.from))
+    .bind(col(changes, |c| c.to))
+    .bind(col(changes, |c| c.action))
+    .bind(col(changes, |c| c.actor.id))
+    .bind(col(changes, |c| c.actor.role))
+    .bind(col(changes, |c| c.reason.as_deref()))
+    .bind(col(changes, |c| c.job_id))
+    .bind(col(changes, |c| c.bulk_id))
+    .bind(col(changes, |c| c.version))
     .bind(at)
     .execute(conn)
     .await?;

@@ -1,28 +1,24 @@
 //! Jobs: one row per accepted request, from `queued` to exactly one terminal state.
 
-use crate::domain::Role;
+use crate::domain::{JobKind, JobStatus, Role};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-pub const KIND_CHANGE_STATUS: &str = "change_status";
-pub const KIND_BULK: &str = "bulk";
-
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Job {
     pub id: Uuid,
-    pub kind: String,
+    pub kind: JobKind,
     pub order_id: Option<Uuid>,
     pub bulk_id: Option<Uuid>,
     pub actor_id: Uuid,
-    #[sqlx(try_from = "String")]
     pub actor_role: Role,
     pub payload: Value,
     /// The W3C trace context of the request that created the job.
     pub traceparent: Option<String>,
-    pub status: String,
+    pub status: JobStatus,
     pub attempts: i32,
     pub result: Option<Value>,
     pub error: Option<Value>,
@@ -30,21 +26,12 @@ pub struct Job {
     pub updated_at: DateTime<Utc>,
 }
 
-impl Job {
-    pub fn is_terminal(&self) -> bool {
-        matches!(
-            self.status.as_str(),
-            "succeeded" | "rejected" | "dead" | "cancelled"
-        )
-    }
-}
-
 /// The public shape of a job (API.md, "Jobs").
 #[derive(Debug, Serialize)]
 pub struct JobView {
     pub id: Uuid,
-    pub kind: String,
-    pub status: String,
+    pub kind: JobKind,
+    pub status: JobStatus,
     pub attempts: i32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub order_id: Option<Uuid>,
@@ -79,7 +66,7 @@ const COLUMNS: &str = "id, kind, order_id, bulk_id, actor_id, actor_role, payloa
 
 pub struct NewJob<'a> {
     pub id: Uuid,
-    pub kind: &'a str,
+    pub kind: JobKind,
     pub order_id: Option<Uuid>,
     pub bulk_id: Option<Uuid>,
     pub actor_id: Uuid,
@@ -101,7 +88,7 @@ pub async fn insert(conn: &mut PgConnection, j: &NewJob<'_>) -> sqlx::Result<Opt
     .bind(j.kind)
     .bind(j.order_id)
     .bind(j.actor_id)
-    .bind(j.actor_role.as_str())
+    .bind(j.actor_role)
     .bind(j.payload)
     .bind(j.idempotency_key)
     .bind(j.bulk_id)
@@ -166,7 +153,7 @@ pub async fn claim(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<Jo
 /// A job's terminal outcome, recorded with its batch.
 pub struct Finished {
     pub id: Uuid,
-    pub status: &'static str,
+    pub status: JobStatus,
     pub result: Option<Value>,
     pub error: Option<Value>,
 }
@@ -238,7 +225,6 @@ pub async fn mark_retrying(
 pub struct Stale {
     pub id: Uuid,
     pub actor_id: Uuid,
-    #[sqlx(try_from = "String")]
     pub actor_role: Role,
     pub customer_id: Option<Uuid>,
     pub traceparent: Option<String>,
@@ -269,7 +255,7 @@ pub async fn take_stale(
 /// One page of jobs, newest first (ids are UUIDv7), optionally of one status.
 pub async fn list(
     conn: &mut PgConnection,
-    status: Option<&str>,
+    status: Option<JobStatus>,
     before: Option<Uuid>,
     limit: i64,
 ) -> sqlx::Result<Vec<Job>> {

@@ -1,255 +1,133 @@
-//! Bulk operations, worked through in chunks. The first step snapshots the selection into
-//! `bulk_chunks`; every later step applies the next chunk through the same [`Batch`] as
-//! single changes and records each item's outcome, the counters and a `bulk.progress`
-//! event in the chunk's transaction. A worker that dies mid-bulk loses at most the chunk
-//! in hand: the redelivered job resumes at the first item without an outcome.
+//! Bulk jobs: one bulk at a time per worker, worked chunk by chunk through
+//! [`crate::orders::bulk::step`]. A worker stopped mid-bulk does not ack: the broker hands
+//! the bulk to another worker, which resumes after the last committed chunk.
 
-use super::apply::{Batch, Origin};
-use crate::domain::Actor;
-use crate::event::NewEvent;
-use crate::job::ChangeStatus;
-use crate::store::bulk::{self, BulkOp, ItemOutcome, Selection};
-use crate::store::jobs::Job;
-use crate::store::outbox;
-use serde_json::json;
-use sqlx::{PgConnection, PgPool};
-use uuid::Uuid;
+use super::Worker;
+use super::delivery::JobDelivery;
+use super::retry;
+use crate::orders::bulk::{self, Step, StepError};
+use crate::store::bulk::BulkOp;
+use crate::store::jobs::{self, Job};
+use anyhow::Context;
+use backon::{ExponentialBuilder, Retryable};
+use futures::StreamExt;
+use lapin::options::BasicAckOptions;
+use lapin::{Channel, Connection};
+use tokio_util::sync::CancellationToken;
 
-/// Outcome of one step, public so tests can drive a bulk one chunk at a time.
-#[derive(Debug)]
-pub enum Step {
-    /// A chunk (or the snapshot) was committed; there is more to do.
-    Progressed(BulkOp),
+/// How a bulk's run ended in this worker.
+enum Run {
     /// The bulk reached a terminal status.
     Finished(BulkOp),
+    /// It cannot be worked (a defect): it fails.
+    Failed(String),
+    /// Shutdown between chunks: left unacked for another worker.
+    Interrupted,
 }
 
-/// Why a bulk's stored request cannot be worked: a defect, the bulk fails.
-#[derive(Debug, thiserror::Error)]
-pub enum StepError {
-    #[error(transparent)]
-    Database(#[from] sqlx::Error),
-    #[error("unreadable bulk request: {0}")]
-    Unreadable(String),
-}
-
-async fn progress(conn: &mut PgConnection, op: &BulkOp) -> sqlx::Result<()> {
-    outbox::insert_many(conn, &[NewEvent::bulk_progress(op)]).await
-}
-
-/// Do the next step of bulk `job` in one transaction.
-#[tracing::instrument(skip_all, fields(bulk_id = ?job.bulk_id), err)]
-pub async fn step(pool: &PgPool, job: &Job, chunk: i64) -> Result<Step, StepError> {
-    let bulk_id = job
-        .bulk_id
-        .ok_or_else(|| StepError::Unreadable("bulk job without a bulk".into()))?;
-    let mut tx = pool.begin().await?;
-    let Some(op) = bulk::lock(&mut tx, bulk_id).await? else {
-        return Err(StepError::Unreadable(
-            "the bulk operation does not exist".into(),
-        ));
-    };
-    if op.is_terminal() {
-        return Ok(Step::Finished(op));
-    }
-    let request: ChangeStatus = serde_json::from_value(op.request.clone())
-        .map_err(|e| StepError::Unreadable(e.to_string()))?;
-    let selection: Selection = serde_json::from_value(op.selection.clone())
-        .map_err(|e| StepError::Unreadable(e.to_string()))?;
-
-    let step = if op.cancel_requested {
-        bulk::skip_pending(&mut tx, bulk_id, "cancelled").await?;
-        Step::Finished(bulk::finish(&mut tx, bulk_id, "cancelled", None).await?)
-    } else if op.status == "queued" {
-        let total = bulk::snapshot(&mut tx, bulk_id, &selection, chunk).await?;
-        tracing::info!(total, mode = %op.mode, "bulk started");
-        let op = bulk::get(&mut tx, bulk_id).await?.expect("locked above");
-        if total == 0 {
-            Step::Finished(bulk::finish(&mut tx, bulk_id, "completed", None).await?)
-        } else {
-            Step::Progressed(op)
+impl Worker {
+    pub(super) async fn bulk_loop(
+        &self,
+        conn: &Connection,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        if !self.cfg.worker_bulk {
+            return Ok(());
         }
-    } else if op.mode == "atomic" {
-        Step::Finished(atomic(&mut tx, &op, job, &request).await?)
-    } else {
-        if let Some(next) = bulk::next_chunk(&mut tx, bulk_id).await? {
-            match apply_chunk(&mut tx, &op, job, &request, &next.items, Some(next.chunk)).await {
-                Ok(op) => Step::Progressed(op),
-                Err(e) if !crate::store::is_transient(&e) => {
-                    // Some order cannot be written: apply this chunk order by order so
-                    // only that one fails and every other order that may move, moves.
-                    tracing::warn!(error = %e, "bulk chunk failed; isolating its orders");
-                    drop(tx);
-                    return Ok(Step::Progressed(
-                        isolate(pool, &op, job, &request, &next).await?,
-                    ));
+        let (channel, control, mut consumer) = super::consume(conn, &self.names.bulk, 1).await?;
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                next = consumer.next() => next,
+            };
+            let Some(delivery) = next else {
+                anyhow::bail!("bulk consumer stream ended (channel closed)")
+            };
+            match JobDelivery::parse(delivery.context("receiving a bulk delivery")?) {
+                Ok(job) => self.run_bulk(&control, job, shutdown).await?,
+                Err(unreadable) => {
+                    let (delivery, why) = *unreadable;
+                    tracing::error!(%why, "parking an unreadable bulk message");
+                    retry::park(&control, &self.names, &delivery, 1, &why).await?;
+                    delivery.acker.ack(BasicAckOptions::default()).await?;
                 }
-                Err(e) => return Err(e.into()),
-            }
-        } else {
-            Step::Finished(bulk::finish(&mut tx, bulk_id, "completed", None).await?)
-        }
-    };
-    match &step {
-        Step::Progressed(op) | Step::Finished(op) => progress(&mut tx, op).await?,
-    }
-    tx.commit().await?;
-    Ok(step)
-}
-
-/// Apply `items` (best effort): every order that may move, moves; the rest get their reason.
-/// With `done`, these are the last items of that chunk.
-async fn apply_chunk(
-    conn: &mut PgConnection,
-    op: &BulkOp,
-    job: &Job,
-    request: &ChangeStatus,
-    items: &[(i32, Uuid)],
-    done: Option<i32>,
-) -> sqlx::Result<BulkOp> {
-    let ids: Vec<Uuid> = items.iter().map(|(_, id)| *id).collect();
-    let mut batch = Batch::load(conn, &ids, true).await?;
-    let actor = Actor {
-        id: op.actor_id,
-        role: op.actor_role,
-    };
-    let outcomes: Vec<ItemOutcome> = items
-        .iter()
-        .map(|(position, order_id)| {
-            judge(&mut batch, *position, *order_id, actor, request, job, op.id)
-        })
-        .collect();
-    batch.write(conn).await?;
-    bulk::record(conn, op.id, &outcomes, done).await
-}
-
-/// Apply a chunk's items one per transaction; an item that cannot be written is recorded
-/// `failed`. The chunk is finished in the last transaction, with the progress event.
-async fn isolate(
-    pool: &PgPool,
-    op: &BulkOp,
-    job: &Job,
-    request: &ChangeStatus,
-    chunk: &bulk::Chunk,
-) -> sqlx::Result<BulkOp> {
-    // From here on some of the chunk's items may have outcomes: a resumed bulk checks them.
-    let mut tx = pool.begin().await?;
-    bulk::mark_partial(&mut tx, op.id, chunk.chunk).await?;
-    tx.commit().await?;
-    for item in &chunk.items {
-        let mut tx = pool.begin().await?;
-        bulk::lock(&mut tx, op.id).await?;
-        match apply_chunk(&mut tx, op, job, request, std::slice::from_ref(item), None).await {
-            Ok(_) => tx.commit().await?,
-            Err(e) if crate::store::is_transient(&e) => return Err(e),
-            Err(e) => {
-                drop(tx);
-                tracing::error!(order_id = %item.1, error = %e, "order cannot be written; recorded as failed");
-                let mut tx = pool.begin().await?;
-                let failed = ItemOutcome {
-                    position: item.0,
-                    order_id: item.1,
-                    outcome: "failed",
-                    code: Some("apply_failed".into()),
-                    from: None,
-                    to: None,
-                };
-                bulk::record(&mut tx, op.id, &[failed], None).await?;
-                tx.commit().await?;
             }
         }
+        let _ = channel.close(200, "shutdown".into()).await;
+        let _ = control.close(200, "shutdown".into()).await;
+        Ok(())
     }
-    let mut tx = pool.begin().await?;
-    bulk::lock(&mut tx, op.id).await?;
-    let latest = bulk::record(&mut tx, op.id, &[], Some(chunk.chunk)).await?;
-    progress(&mut tx, &latest).await?;
-    tx.commit().await?;
-    Ok(latest)
-}
 
-/// Apply every item or none: one transaction; any rejection writes no change at all.
-async fn atomic(
-    conn: &mut PgConnection,
-    op: &BulkOp,
-    job: &Job,
-    request: &ChangeStatus,
-) -> sqlx::Result<BulkOp> {
-    let items = bulk::all_pending_items(conn, op.id).await?;
-    let ids: Vec<Uuid> = items.iter().map(|(_, id)| *id).collect();
-    let mut batch = Batch::load(conn, &ids, true).await?;
-    let actor = Actor {
-        id: op.actor_id,
-        role: op.actor_role,
-    };
-    let mut outcomes: Vec<ItemOutcome> = items
-        .iter()
-        .map(|(position, order_id)| {
-            judge(&mut batch, *position, *order_id, actor, request, job, op.id)
-        })
-        .collect();
-    let rejected = outcomes.iter().filter(|o| o.outcome == "rejected").count();
-    if rejected == 0 {
-        batch.write(conn).await?;
-        bulk::record(conn, op.id, &outcomes, None).await?;
-        return bulk::finish(conn, op.id, "completed", None).await;
-    }
-    // Nothing is written: the would-be changes are reported as skipped, with the reason.
-    drop(batch);
-    for o in outcomes.iter_mut().filter(|o| o.outcome == "applied") {
-        o.outcome = "skipped";
-        o.code = Some("atomic_aborted".into());
-        o.to = o.from.clone();
-    }
-    bulk::record(conn, op.id, &outcomes, None).await?;
-    let error = json!({
-        "code": "atomic_rejected",
-        "message": format!("{rejected} of {} orders would be rejected; nothing was changed", outcomes.len()),
-    });
-    bulk::finish(conn, op.id, "rejected", Some(&error)).await
-}
-
-fn judge(
-    batch: &mut Batch,
-    position: i32,
-    order_id: Uuid,
-    actor: Actor,
-    request: &ChangeStatus,
-    job: &Job,
-    bulk_id: Uuid,
-) -> ItemOutcome {
-    let Some(from) = batch.order(order_id).map(|o| o.status.as_str().to_owned()) else {
-        // An id of an explicit selection without an order.
-        return ItemOutcome {
-            position,
-            order_id,
-            outcome: "rejected",
-            code: Some(bulk::NOT_FOUND.into()),
-            from: None,
-            to: None,
+    /// Work one bulk to its end and settle its delivery.
+    #[tracing::instrument(skip_all, fields(job_id = %d.job_id))]
+    async fn run_bulk(
+        &self,
+        control: &Channel,
+        d: JobDelivery,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let claimed =
+            (|| async { jobs::claim_bulk(&mut *self.pool.acquire().await?, d.job_id).await })
+                .retry(
+                    ExponentialBuilder::default()
+                        .with_jitter()
+                        .with_max_times(3),
+                )
+                .when(crate::store::is_transient)
+                .await?;
+        let Some(job) = claimed else {
+            tracing::info!("bulk job already finished (a redelivery); nothing to do");
+            d.delivery.acker.ack(BasicAckOptions::default()).await?;
+            return Ok(());
         };
-    };
-    let from = Some(from);
-    let origin = Origin {
-        job_id: Some(job.id),
-        bulk_id: Some(bulk_id),
-        traceparent: job.traceparent.as_deref(),
-    };
-    match batch.apply(order_id, actor, request, origin) {
-        Ok(applied) => ItemOutcome {
-            position,
-            order_id,
-            outcome: "applied",
-            code: None,
-            from,
-            to: Some(applied.to.as_str().to_owned()),
-        },
-        Err(r) => ItemOutcome {
-            position,
-            order_id,
-            outcome: "rejected",
-            code: Some(r.code.as_str().to_owned()),
-            to: from.clone(),
-            from,
-        },
+        match self.work_chunks(&job, shutdown).await? {
+            Run::Interrupted => return Ok(()),
+            Run::Finished(op) => {
+                tracing::info!(status = %op.status, applied = op.applied, rejected = op.rejected, skipped = op.skipped, "bulk finished");
+                bulk::settle(&mut *self.pool.acquire().await?, &job, &op).await?;
+            }
+            Run::Failed(why) => {
+                tracing::error!(%why, "bulk cannot be worked; failing it");
+                bulk::fail(&mut *self.pool.acquire().await?, &job, &why).await?;
+                retry::park(control, &self.names, &d.delivery, d.attempt, &why).await?;
+            }
+        }
+        d.delivery.acker.ack(BasicAckOptions::default()).await?;
+        tracing::debug!("bulk job settled");
+        Ok(())
+    }
+
+    /// Step through the bulk's chunks until it ends, fails or shutdown comes. A database
+    /// that keeps failing is an error: the bulk is given back and resumes where it stopped.
+    async fn work_chunks(&self, job: &Job, shutdown: &CancellationToken) -> anyhow::Result<Run> {
+        let chunk = self.cfg.bulk_chunk_size.max(1);
+        loop {
+            if shutdown.is_cancelled() {
+                tracing::info!("stopping between bulk chunks; another worker will resume");
+                return Ok(Run::Interrupted);
+            }
+            self.limits.admit_bulk(chunk as usize).await;
+            let step = (|| bulk::step::step(&self.pool, job, chunk))
+                .retry(ExponentialBuilder::default().with_jitter().with_max_times(3))
+                .when(|e| matches!(e, StepError::Database(db) if crate::store::is_transient(db)))
+                .notify(|e, after| tracing::warn!(error = %e, ?after, "transient error in a bulk step; retrying"))
+                .await;
+            match step {
+                Ok(Step::Progressed(op)) => {
+                    tracing::debug!(
+                        applied = op.applied,
+                        rejected = op.rejected,
+                        pending = op.pending(),
+                        "bulk chunk committed"
+                    );
+                }
+                Ok(Step::Finished(op)) => return Ok(Run::Finished(op)),
+                Err(StepError::Database(e)) if crate::store::is_transient(&e) => {
+                    return Err(e).context("bulk step");
+                }
+                Err(e) => return Ok(Run::Failed(e.to_string())),
+            }
+        }
     }
 }

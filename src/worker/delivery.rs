@@ -1,7 +1,7 @@
 //! A job delivery as the worker sees it: the job id plus what the headers say about its
 //! history (attempt number, broker redeliveries, the customer for rate limiting).
 
-use crate::job::JobMessage;
+use crate::broker::JobMessage;
 use lapin::message::Delivery;
 use lapin::types::AMQPValue;
 use uuid::Uuid;

@@ -2,9 +2,9 @@
 //! died between inserting the job and publishing it, or a message was lost with a broker.
 //! Harmless when the job is in fact queued: the worker's claim makes a duplicate a no-op.
 
+use crate::broker::JobMessage;
 use crate::broker::publisher::JobPublisher;
 use crate::domain::Actor;
-use crate::job::JobMessage;
 use crate::store::jobs;
 use sqlx::PgPool;
 use std::time::Duration;

@@ -2,12 +2,12 @@
 //! stock (sku order), runs the state machine on each requested change in turn — later
 //! changes see earlier ones — and writes every effect set-wise in the caller's
 //! transaction: orders, stock, history, outbox. Single jobs ([`apply_batch`]) and bulk
-//! chunks (`worker::bulk`) both go through it; bulk previews run it without writing.
+//! chunks ([`super::bulk`]) both go through it; bulk previews run it without writing.
 
+use super::command::{ChangeCommand, Target};
 use crate::domain::machine::{self, ChangeRequest, OrderContext, StockEffect, StockLine};
-use crate::domain::{Action, Actor, OrderStatus, Rejection};
-use crate::event::{Change, NewEvent};
-use crate::job::ChangeStatus;
+use crate::domain::{Action, Actor, JobStatus, OrderChange, OrderStatus, RejectCode, Rejection};
+use crate::event::NewEvent;
 use crate::store::orders::{Order, OrderItem};
 use crate::store::{history, inventory, jobs, orders, outbox};
 use chrono::{DateTime, Utc};
@@ -45,8 +45,8 @@ pub struct Batch {
     stock_deltas: BTreeMap<String, (i64, i64)>,
     /// (order, line, reserved units) of lines whose reservation changed.
     reservations: Vec<(Uuid, i32, i32)>,
-    history: Vec<history::NewRow>,
-    events: Vec<NewEvent>,
+    /// Every change applied so far, in order: each becomes a history row and an event.
+    applied: Vec<OrderChange>,
 }
 
 impl Batch {
@@ -88,8 +88,7 @@ impl Batch {
             changed: Vec::new(),
             stock_deltas: BTreeMap::new(),
             reservations: Vec::new(),
-            history: Vec::new(),
-            events: Vec::new(),
+            applied: Vec::new(),
         })
     }
 
@@ -131,35 +130,21 @@ impl Batch {
         &mut self,
         order_id: Uuid,
         actor: Actor,
-        request: &ChangeStatus,
+        command: &ChangeCommand,
         origin: Origin<'_>,
     ) -> Result<Applied, Rejection> {
-        let Origin {
-            job_id,
-            bulk_id,
-            traceparent,
-        } = origin;
         let order = self.orders.get(&order_id).ok_or_else(|| {
-            Rejection::new(
-                crate::domain::RejectCode::InvalidTransition,
-                "the order does not exist",
-            )
+            Rejection::new(RejectCode::InvalidTransition, "the order does not exist")
         })?;
-        let action = match (request.action, request.to) {
-            (Some(action), _) => action,
-            (None, Some(to)) => machine::action_for_target(order.status, to)?,
-            (None, None) => {
-                return Err(Rejection::new(
-                    crate::domain::RejectCode::MissingField,
-                    "neither `action` nor `to` given",
-                ));
-            }
+        let action = match command.target {
+            Target::Action(action) => action,
+            Target::To(to) => machine::action_for_target(order.status, to)?,
         };
         let lines = self.stock_lines(order_id);
         let ctx = context(order, &lines);
         let req = ChangeRequest {
-            expected_version: request.expected_version,
-            tracking_number: request.tracking_number.as_deref(),
+            expected_version: command.expected_version,
+            tracking_number: command.tracking_number.as_deref(),
         };
         let decision = machine::decide(&ctx, &actor, action, &req)?;
 
@@ -194,28 +179,21 @@ impl Batch {
         order.version += 1;
         order.updated_at = self.now;
         self.changed.push(order_id);
-        let change = Change {
+        self.applied.push(OrderChange {
+            order_id,
+            customer_id: order.customer_id,
             action: action.as_str(),
             from: Some(decision.from),
-            actor,
-            reason: request.reason.as_deref(),
-            job_id,
-            bulk_id,
-            traceparent,
-        };
-        self.history.push(history::NewRow {
-            order_id,
-            from: Some(decision.from.as_str().to_owned()),
-            to: decision.to.as_str().to_owned(),
-            action: action.as_str().to_owned(),
-            actor_id: actor.id,
-            actor_role: actor.role,
-            reason: request.reason.clone(),
-            job_id,
-            bulk_id,
+            to: decision.to,
+            payment_status: decision.payment_status,
             version: order.version,
+            at: self.now,
+            actor,
+            reason: command.reason.clone(),
+            job_id: origin.job_id,
+            bulk_id: origin.bulk_id,
+            traceparent: origin.traceparent.map(str::to_owned),
         });
-        self.events.push(NewEvent::order(order, &change));
         Ok(Applied {
             action,
             from: decision.from,
@@ -241,9 +219,10 @@ impl Batch {
             .collect();
         inventory::adjust(conn, &deltas).await?;
         orders::store_reservations(conn, &self.reservations).await?;
-        history::insert_many(conn, &self.history, self.now).await?;
-        outbox::insert_many(conn, &self.events).await?;
-        Ok(self.history.len())
+        history::insert_many(conn, &self.applied, self.now).await?;
+        let events: Vec<NewEvent> = self.applied.iter().map(NewEvent::order).collect();
+        outbox::insert_many(conn, &events).await?;
+        Ok(self.applied.len())
     }
 }
 
@@ -298,7 +277,7 @@ pub async fn apply_batch(pool: &PgPool, job_ids: &[Uuid]) -> sqlx::Result<Report
             continue;
         };
         let outcome = match (
-            serde_json::from_value::<ChangeStatus>(job.payload.clone()),
+            serde_json::from_value::<ChangeCommand>(job.payload.clone()),
             job.order_id,
         ) {
             (Err(e), _) => Outcome::Dead(format!("unreadable job payload: {e}")),
@@ -318,7 +297,7 @@ pub async fn apply_batch(pool: &PgPool, job_ids: &[Uuid]) -> sqlx::Result<Report
                         tracing::debug!(job_id = %job.id, %order_id, action = %applied.action, to = %applied.to, "applied");
                         outcomes.push(jobs::Finished {
                             id: job.id,
-                            status: "succeeded",
+                            status: JobStatus::Succeeded,
                             result: Some(json!({ "order_id": order_id, "status": applied.to, "version": applied.version })),
                             error: None,
                         });
@@ -330,8 +309,14 @@ pub async fn apply_batch(pool: &PgPool, job_ids: &[Uuid]) -> sqlx::Result<Report
             }
         };
         let (status, error) = match &outcome {
-            Outcome::Rejected(r) => ("rejected", json!({ "code": r.code, "message": r.message })),
-            Outcome::Dead(why) => ("dead", json!({ "code": "invalid_job", "message": why })),
+            Outcome::Rejected(r) => (
+                JobStatus::Rejected,
+                json!({ "code": r.code, "message": r.message }),
+            ),
+            Outcome::Dead(why) => (
+                JobStatus::Dead,
+                json!({ "code": "invalid_job", "message": why }),
+            ),
             _ => unreachable!("only rejections and dead jobs reach here"),
         };
         outcomes.push(jobs::Finished {

@@ -1,0 +1,181 @@
+//! Submitting a change of one order: the job row is recorded (or, for a repeated
+//! `Idempotency-Key`, the first one is found), then the job message is published and the
+//! broker's confirm awaited — a 202 only for a durably queued job. If the broker does not
+//! confirm, the record is undone ([`publish_or_compensate`], shared with bulk and redrive).
+
+use super::command::ChangeCommand;
+use super::read::{OrderView, visible_order};
+use crate::broker::JobMessage;
+use crate::broker::publisher::{JobPublisher, PublishError};
+use crate::domain::{Actor, JobKind, JobStatus, RejectCode, Rejection, machine};
+use crate::http::ApiError;
+use crate::store::jobs::{self, Job, NewJob};
+use serde_json::{Value, json};
+use sqlx::{PgConnection, PgPool};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// One change-status request, parsed.
+pub struct ChangeSubmission {
+    pub order_id: Uuid,
+    pub command: ChangeCommand,
+    pub idempotency_key: Option<String>,
+    pub traceparent: String,
+    /// How long to wait for the outcome (`Prefer: wait`), already capped.
+    pub wait: Option<Duration>,
+}
+
+/// What became of a submission.
+#[derive(Debug)]
+pub enum Submitted {
+    /// Queued, or still in flight when the wait ran out.
+    Queued(Job),
+    /// A repeat of an earlier submission (same actor and key): its first job, as it is now.
+    Repeat(Job),
+    /// Applied within the wait: the job and the order after it.
+    Applied(Job, OrderView),
+}
+
+/// Record and queue a change of `order_id` by `actor`. A rejection decided within the wait
+/// is returned as the error (409/422), as the contract says.
+#[tracing::instrument(skip_all, fields(order_id = %s.order_id, actor = %actor.id, job_id))]
+pub async fn submit_change(
+    pool: &PgPool,
+    publisher: &JobPublisher,
+    actor: Actor,
+    s: ChangeSubmission,
+) -> Result<Submitted, ApiError> {
+    if let Some(action) = s.command.action() {
+        if !machine::role_may(actor.role, action) {
+            return Err(ApiError::forbidden(
+                RejectCode::ForbiddenRole,
+                format!("role `{}` may not {action}", actor.role),
+            ));
+        }
+    }
+    let order = visible_order(&mut *pool.acquire().await?, &actor, s.order_id).await?;
+    let payload = serde_json::to_value(&s.command).expect("a command serializes");
+    let job_id = Uuid::now_v7();
+    tracing::Span::current().record("job_id", tracing::field::display(job_id));
+    let new = NewJob {
+        id: job_id,
+        kind: JobKind::ChangeStatus,
+        order_id: Some(s.order_id),
+        bulk_id: None,
+        actor_id: actor.id,
+        actor_role: actor.role,
+        payload: &payload,
+        idempotency_key: s.idempotency_key.as_deref(),
+        traceparent: Some(&s.traceparent),
+    };
+    let job = match insert_or_replay(&mut *pool.acquire().await?, &new).await? {
+        Submitted::Repeat(first) if first.order_id != Some(s.order_id) => {
+            return Err(ApiError::Unprocessable(
+                "idempotency_key_reused",
+                "this Idempotency-Key was used for another order".into(),
+            ));
+        }
+        Submitted::Queued(job) => job,
+        repeat => return Ok(repeat),
+    };
+
+    let waiter = s.wait.map(|_| publisher.expect_reply(job_id));
+    let msg = JobMessage { job_id };
+    let published = publisher
+        .publish(
+            &msg,
+            &actor,
+            Some(order.customer_id),
+            Some(&s.traceparent),
+            waiter.is_some(),
+        )
+        .await;
+    publish_or_compensate(pool, "not_queued", published, async |conn, error| {
+        jobs::abandon_unqueued(conn, job_id, error).await
+    })
+    .await?;
+
+    let (Some(waiter), Some(limit)) = (waiter, s.wait) else {
+        return Ok(Submitted::Queued(job));
+    };
+    waiter.wait(limit).await;
+    // The reply only wakes us; the database says what happened.
+    outcome(&mut *pool.acquire().await?, job_id).await
+}
+
+/// The job as it is after the wait: applied (with the order), rejected (the error), or
+/// still queued.
+async fn outcome(conn: &mut PgConnection, job_id: Uuid) -> Result<Submitted, ApiError> {
+    let job = jobs::get(conn, job_id)
+        .await?
+        .ok_or(ApiError::NotFound("job"))?;
+    match job.status {
+        JobStatus::Succeeded => {
+            let order_id = job.order_id.ok_or(ApiError::NotFound("order"))?;
+            let order = OrderView::load(conn, order_id)
+                .await?
+                .ok_or(ApiError::NotFound("order"))?;
+            Ok(Submitted::Applied(job, order))
+        }
+        JobStatus::Rejected => {
+            let error = job.error.clone().unwrap_or_default();
+            let code: RejectCode = serde_json::from_value(error["code"].clone())
+                .map_err(|e| anyhow::anyhow!("job {job_id} has an unknown rejection code: {e}"))?;
+            let message = error["message"].as_str().unwrap_or_default().to_owned();
+            Err(ApiError::Rejected(
+                Rejection::new(code, message),
+                Some(job_id),
+            ))
+        }
+        _ => Ok(Submitted::Queued(job)),
+    }
+}
+
+/// Insert a queued job, or find the first one of the actor's idempotency key.
+async fn insert_or_replay(
+    conn: &mut PgConnection,
+    new: &NewJob<'_>,
+) -> Result<Submitted, ApiError> {
+    if let Some(job) = jobs::insert(conn, new).await? {
+        return Ok(Submitted::Queued(job));
+    }
+    let key = new
+        .idempotency_key
+        .expect("only keyed inserts can conflict");
+    let first = jobs::by_idempotency_key(conn, new.actor_id, key)
+        .await?
+        .ok_or(ApiError::NotFound("job"))?;
+    Ok(Submitted::Repeat(first))
+}
+
+/// Settle a publish of recorded work. Unconfirmed, the record is undone by `compensate`
+/// (given the error to store, `{code, message}`) so nothing applies it later, and the
+/// caller answers 503 — unless `compensate` finds a worker already took it (false): the
+/// message did reach the queue after all, and the work stands.
+pub async fn publish_or_compensate(
+    pool: &PgPool,
+    code: &'static str,
+    published: Result<(), PublishError>,
+    compensate: impl AsyncFnOnce(&mut PgConnection, &Value) -> sqlx::Result<bool>,
+) -> Result<(), ApiError> {
+    let Err(e) = published else {
+        tracing::info!("job queued");
+        return Ok(());
+    };
+    let error = json!({ "code": code, "message": e.to_string() });
+    let undone = match pool.acquire().await {
+        Ok(mut conn) => compensate(&mut conn, &error).await,
+        Err(db) => Err(db),
+    };
+    match undone {
+        Ok(true) => Err(e.into()),
+        Ok(false) => {
+            tracing::warn!(error = %e, "publish unconfirmed but a worker already took the job");
+            Ok(())
+        }
+        Err(db) => {
+            tracing::error!(error = %db, "could not undo an unconfirmed job; the sweeper will requeue it");
+            Err(e.into())
+        }
+    }
+}
