@@ -124,7 +124,7 @@ impl Batch {
         Some(machine::valid_actions(&context(order, &lines), actor))
     }
 
-    /// Judge `request` by `actor` on the order as it is now in this batch, and on success
+    /// Judge `command` by `actor` on the order as it is now in this batch, and on success
     /// record the change: later changes in the batch see its effects.
     pub fn apply(
         &mut self,
@@ -270,19 +270,36 @@ pub async fn apply_batch(pool: &PgPool, job_ids: &[Uuid]) -> sqlx::Result<Report
     let mut batch = Batch::load(&mut tx, &order_ids, true).await?;
 
     let mut report = Vec::with_capacity(job_ids.len());
-    let mut outcomes = Vec::with_capacity(claimed.len());
+    let mut finished = Vec::with_capacity(claimed.len());
     for id in job_ids {
         let Some(job) = claimed.remove(id) else {
             report.push((*id, Outcome::Duplicate));
             continue;
         };
-        let outcome = match (
-            serde_json::from_value::<ChangeCommand>(job.payload.clone()),
-            job.order_id,
-        ) {
-            (Err(e), _) => Outcome::Dead(format!("unreadable job payload: {e}")),
-            (Ok(_), None) => Outcome::Dead("a change-status job without an order".into()),
-            (Ok(request), Some(order_id)) => {
+        let (outcome, done) = batch.apply_job(&job);
+        finished.push(done);
+        report.push((job.id, outcome));
+    }
+    batch.write(&mut tx).await?;
+    jobs::finish_many(&mut tx, &finished).await?;
+    tx.commit().await?;
+    Ok(report)
+}
+
+impl Batch {
+    /// Apply one claimed change-status job: its outcome, and the job's terminal record.
+    fn apply_job(&mut self, job: &jobs::Job) -> (Outcome, jobs::Finished) {
+        let finished = |status, result, error| jobs::Finished {
+            id: job.id,
+            status,
+            result,
+            error,
+        };
+        let command = serde_json::from_value::<ChangeCommand>(job.payload.clone());
+        let why = match (command, job.order_id) {
+            (Err(e), _) => format!("unreadable job payload: {e}"),
+            (Ok(_), None) => "a change-status job without an order".into(),
+            (Ok(command), Some(order_id)) => {
                 let actor = Actor {
                     id: job.actor_id,
                     role: job.actor_role,
@@ -292,43 +309,29 @@ pub async fn apply_batch(pool: &PgPool, job_ids: &[Uuid]) -> sqlx::Result<Report
                     bulk_id: job.bulk_id,
                     traceparent: job.traceparent.as_deref(),
                 };
-                match batch.apply(order_id, actor, &request, origin) {
+                return match self.apply(order_id, actor, &command, origin) {
                     Ok(applied) => {
                         tracing::debug!(job_id = %job.id, %order_id, action = %applied.action, to = %applied.to, "applied");
-                        outcomes.push(jobs::Finished {
-                            id: job.id,
-                            status: JobStatus::Succeeded,
-                            result: Some(json!({ "order_id": order_id, "status": applied.to, "version": applied.version })),
-                            error: None,
-                        });
-                        report.push((job.id, Outcome::Succeeded));
-                        continue;
+                        let result = json!({ "order_id": order_id, "status": applied.to, "version": applied.version });
+                        (
+                            Outcome::Succeeded,
+                            finished(JobStatus::Succeeded, Some(result), None),
+                        )
                     }
-                    Err(r) => Outcome::Rejected(r),
-                }
+                    Err(r) => {
+                        let error = json!({ "code": r.code, "message": r.message });
+                        (
+                            Outcome::Rejected(r),
+                            finished(JobStatus::Rejected, None, Some(error)),
+                        )
+                    }
+                };
             }
         };
-        let (status, error) = match &outcome {
-            Outcome::Rejected(r) => (
-                JobStatus::Rejected,
-                json!({ "code": r.code, "message": r.message }),
-            ),
-            Outcome::Dead(why) => (
-                JobStatus::Dead,
-                json!({ "code": "invalid_job", "message": why }),
-            ),
-            _ => unreachable!("only rejections and dead jobs reach here"),
-        };
-        outcomes.push(jobs::Finished {
-            id: job.id,
-            status,
-            result: None,
-            error: Some(error),
-        });
-        report.push((job.id, outcome));
+        let error = json!({ "code": "invalid_job", "message": why });
+        (
+            Outcome::Dead(why),
+            finished(JobStatus::Dead, None, Some(error)),
+        )
     }
-    batch.write(&mut tx).await?;
-    jobs::finish_many(&mut tx, &outcomes).await?;
-    tx.commit().await?;
-    Ok(report)
 }
