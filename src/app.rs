@@ -42,6 +42,7 @@ pub async fn serve_http(
     }
     let app = router
         .fallback(|| async { ApiError::NotFound("route") })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(http.body_limit_bytes))
         .layer(TraceLayer::new_for_http());
     axum::serve(

@@ -30,6 +30,9 @@ pub enum ApiError {
     Unprocessable(&'static str, String),
     #[error("request body too large")]
     PayloadTooLarge,
+    /// The route exists but not for this method (axum adds the `Allow` header).
+    #[error("this method is not allowed here; see the Allow header")]
+    MethodNotAllowed,
     /// Over the caller's rate limit; retry after the duration.
     #[error("rate limited: retry in {}s", .0.as_secs_f64().ceil())]
     RateLimited(std::time::Duration),
@@ -53,6 +56,7 @@ impl ApiError {
             ApiError::Conflict(code, _) => (StatusCode::CONFLICT, code),
             ApiError::Unprocessable(code, _) => (StatusCode::UNPROCESSABLE_ENTITY, code),
             ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
