@@ -14,8 +14,9 @@
 //!
 //! Around them: [`config`] (clap + env), [`auth`] (JWT → [`domain::Actor`]), [`event`] (the
 //! event JSON shared by outbox, exchange and SSE), [`job`] (what a job asks for), [`app`]
-//! (composing roles into processes), [`bench`] (the bulk benchmark), [`telemetry`],
-//! [`trace`] (W3C `traceparent` carried from request to event) and [`shutdown`].
+//! (composing roles into processes), [`telemetry`], [`trace`] (W3C `traceparent` carried
+//! from request to event) and [`shutdown`]. The benchmarks are a client of all this and
+//! live in their own package, `orderflow-bench` (`bench/`).
 
 // Every orderflow binary allocates through mimalloc: the hot paths (events, bind arrays,
 // AMQP frames) make many short-lived allocations, where glibc's malloc showed up as a
@@ -25,7 +26,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub mod app;
 pub mod auth;
-pub mod bench;
 pub mod broker;
 pub mod config;
 pub mod domain;
