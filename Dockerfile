@@ -6,7 +6,7 @@ WORKDIR /src
 # macros), and migrations are embedded from migrations/.
 ENV SQLX_OFFLINE=true
 COPY . .
-RUN cargo build --release --locked --bins
+RUN cargo build --release --locked -p orderflow --bins
 
 FROM debian:bookworm-slim
 RUN apt-get update \

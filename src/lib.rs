@@ -22,7 +22,9 @@
 //! topology and confirmed publishers), [`http`] (the one `ApiError`, extractors), [`event`]
 //! (the event JSON shared by outbox, exchange and SSE), [`auth`] (JWT → [`domain::Actor`]),
 //! [`config`] (clap + env), [`app`] (composing roles into processes), [`telemetry`],
-//! [`trace`] (W3C `traceparent` carried from request to event) and [`shutdown`].
+//! [`trace`] (W3C `traceparent` carried from request to event) and [`shutdown`]. The
+//! benchmarks are a client of all this and live in their own package, `orderflow-bench`
+//! (`bench/`).
 
 // Every orderflow binary allocates through mimalloc: the hot paths (events, bind arrays,
 // AMQP frames) make many short-lived allocations, where glibc's malloc showed up as a
@@ -32,7 +34,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub mod app;
 pub mod auth;
-pub mod bench;
 pub mod broker;
 pub mod config;
 pub mod domain;

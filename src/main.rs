@@ -51,12 +51,6 @@ enum Command {
         #[command(flatten)]
         common: CommonConfig,
     },
-    /// Benchmarks. `bench bulk`: start the system on a fresh database, seed N orders, and
-    /// measure one bulk's throughput plus single-change latency during it.
-    Bench {
-        #[command(subcommand)]
-        which: BenchKind,
-    },
     /// Print a signed bearer token, for trying the API by hand.
     Token {
         /// customer, support, admin or system.
@@ -71,17 +65,6 @@ enum Command {
         /// The secret the API verifies tokens with.
         #[arg(long, env = "JWT_SECRET", default_value = DEV_JWT_SECRET, hide_default_value = true)]
         jwt_secret: String,
-    },
-}
-
-#[derive(Subcommand)]
-enum BenchKind {
-    /// One bulk over N orders, with single changes submitted during it.
-    Bulk {
-        #[command(flatten)]
-        common: CommonConfig,
-        #[command(flatten)]
-        args: orderflow::bench::BenchArgs,
     },
 }
 
@@ -154,9 +137,6 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!("migrations applied");
             Ok(())
         }
-        Command::Bench {
-            which: BenchKind::Bulk { common, args },
-        } => orderflow::bench::run(common, args).await,
         Command::Token { .. } => unreachable!("handled above"),
     }
 }

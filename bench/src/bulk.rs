@@ -1,143 +1,58 @@
-//! `orderflow bench bulk`: the bulk benchmark. Starts the whole system (`orderflow all`)
-//! as a child process on a fresh database and broker namespace, seeds N paid orders, then
-//! previews and applies one bulk `confirm` over them while a driver submits single
-//! changes, and reports bulk throughput to committed and to published, and the latency of
-//! the single changes during the bulk. Everything it creates is removed at the end.
+//! `orderflow-bench bulk`: starts the system on a fresh database and broker namespace,
+//! seeds N paid orders, then previews and applies one bulk `confirm` over them while a
+//! driver submits single changes, and reports bulk throughput to committed and to
+//! published, and the latency of the single changes during the bulk.
 
-use crate::auth::Keys;
-use crate::broker::Names;
-use crate::config::CommonConfig;
-use crate::domain::{Actor, Role};
+use crate::system::{self, System, SystemArgs};
+use crate::{stats, token, yardstick};
 use anyhow::{Context, bail};
 use clap::Args;
 use serde_json::{Value, json};
-use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions, Connection, PgConnection};
-use std::str::FromStr;
+use sqlx::{Connection, PgConnection};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use uuid::Uuid;
 
 #[derive(Args, Debug, Clone)]
-pub struct BenchArgs {
+pub struct BulkArgs {
+    #[command(flatten)]
+    pub system: SystemArgs,
     /// Orders in the bulk.
     #[arg(long, default_value_t = 100_000)]
     pub orders: i64,
     /// Milliseconds between single changes submitted during the bulk.
     #[arg(long, default_value_t = 20)]
     pub single_every_ms: u64,
-    /// Extra environment for the system under test, as KEY=VALUE (repeatable), e.g.
-    /// `--env BULK_CHUNK_SIZE=2000`.
-    #[arg(long = "env", value_parser = parse_kv)]
-    pub env: Vec<(String, String)>,
+    #[command(flatten)]
+    pub yardstick: yardstick::YardstickArgs,
 }
 
-fn parse_kv(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
-}
-
-const BENCH_SECRET: &str = "orderflow-bench-secret";
+/// Orders of other customers, for the single changes submitted during the bulk.
 const SINGLE_POOL: i64 = 2_000;
 
-struct System {
-    child: tokio::process::Child,
-    base: String,
-}
-
-async fn start_system(
-    common: &CommonConfig,
-    db_url: &str,
-    namespace: &str,
-    extra: &[(String, String)],
-) -> anyhow::Result<System> {
-    let exe = std::env::current_exe().context("locating the orderflow binary")?;
-    let mut cmd = tokio::process::Command::new(exe);
-    cmd.args(["all", "--bind", "127.0.0.1:0"])
-        .env("DATABASE_URL", db_url)
-        .env("AMQP_URL", &common.amqp_url)
-        .env("ORDERFLOW_NAMESPACE", namespace)
-        .env("JWT_SECRET", BENCH_SECRET)
-        .env("RATE_PER_ACTOR", "0")
-        .env("DATABASE_MAX_CONNECTIONS", "20")
-        .env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true);
-    for (k, v) in extra {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().context("starting `orderflow all`")?;
-    let stdout = child.stdout.take().expect("piped");
-    let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-        .await
-        .context("the system did not start within 60 s")??
-        .context("the system exited before listening")?;
-    let base = line
-        .strip_prefix("listening on ")
-        .context("unexpected first line")?
-        .to_owned();
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok(System { child, base })
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
 /// Run the benchmark and print its report.
-pub async fn run(common: CommonConfig, args: BenchArgs) -> anyhow::Result<()> {
-    let suffix = Uuid::new_v4().simple().to_string()[..8].to_owned();
-    let db_name = format!("orderflow_bench_{suffix}");
-    let namespace = format!("bench-{suffix}.");
-    let server = PgConnectOptions::from_str(&common.database_url)?;
-    let db_url = {
-        let mut url = url::Url::parse(&common.database_url)?;
-        url.set_path(&db_name);
-        url.to_string()
-    };
-    let mut admin = server
-        .clone()
-        .database("postgres")
-        .connect()
-        .await
-        .context("connecting to Postgres")?;
-    sqlx::query(&format!("create database {db_name}"))
-        .execute(&mut admin)
-        .await?;
-    let outcome = bench(&common, &args, &db_url, &namespace).await;
-    sqlx::query(&format!("drop database if exists {db_name} with (force)"))
-        .execute(&mut admin)
-        .await?;
-    remove_namespace(&common, &namespace).await;
-    outcome
+pub async fn run(args: BulkArgs) -> anyhow::Result<()> {
+    let before = args.yardstick.before().await?;
+    let system = System::start(
+        &args.system,
+        &[("RATE_PER_ACTOR", "0"), ("DATABASE_MAX_CONNECTIONS", "20")],
+    )
+    .await?;
+    let outcome = bench(&system, &args).await;
+    system.stop().await;
+    let orders_per_sec = outcome?;
+    let after = args.yardstick.after().await?;
+    yardstick::report(
+        "bulk orders/s to committed",
+        orders_per_sec,
+        yardstick::Ceiling::Tx50Changes,
+        before.as_ref(),
+        after.as_ref(),
+    );
+    Ok(())
 }
 
-async fn remove_namespace(common: &CommonConfig, namespace: &str) {
-    let names = Names::new(namespace, Names::from_config(common).retry);
-    if let Ok(conn) = crate::broker::connect(&common.amqp_url, "bench-cleanup").await {
-        if let Ok(channel) = conn.create_channel().await {
-            for q in names.durable_queues() {
-                let _ = channel
-                    .queue_delete(q.as_str().into(), Default::default())
-                    .await;
-            }
-            let _ = channel
-                .exchange_delete(names.events.as_str().into(), Default::default())
-                .await;
-        }
-        let _ = conn.close(200, "bench done".into()).await;
-    }
-}
-
-async fn wait_for<F, Fut>(what: &str, limit: Duration, mut check: F) -> anyhow::Result<Duration>
+/// Poll `check` every 20 ms until it holds; how long that took.
+pub async fn wait_for<F, Fut>(what: &str, limit: Duration, mut check: F) -> anyhow::Result<Duration>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<bool>>,
@@ -152,23 +67,24 @@ where
     Ok(start.elapsed())
 }
 
-async fn bench(
-    common: &CommonConfig,
-    args: &BenchArgs,
-    db_url: &str,
-    namespace: &str,
-) -> anyhow::Result<()> {
-    let mut system = start_system(common, db_url, namespace, &args.env).await?;
-    let keys = Keys::new(BENCH_SECRET);
-    let admin = keys.mint(
-        Actor {
-            id: Uuid::new_v4(),
-            role: Role::Admin,
-        },
-        Duration::from_secs(3600),
-    );
+/// Whether the relay has published every outbox row up to `up_to_id`: every such row has
+/// a seq, and the published cursor has passed it.
+pub async fn is_published(conn: &mut PgConnection, up_to_id: i64) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "select not exists (select 1 from outbox where seq is null and id <= $1)
+            and not exists (select 1 from outbox
+                            where seq > (select published_seq from outbox_cursor) and id <= $1)",
+    )
+    .bind(up_to_id)
+    .fetch_one(conn)
+    .await
+}
+
+/// The bulk and its single changes; orders/s to committed.
+async fn bench(system: &System, args: &BulkArgs) -> anyhow::Result<f64> {
+    let admin = token::admin(system::SECRET);
     let http = reqwest::Client::new();
-    let mut db = PgConnection::connect(db_url).await?;
+    let mut db = PgConnection::connect(&system.db_url).await?;
 
     // Seed: N paid orders of one customer (the bulk), and a pool of other customers'
     // orders for the single changes. Seeding is SQL, not HTTP: it is not what is measured.
@@ -284,7 +200,7 @@ async fn bench(
         }
     })
     .await?;
-    let check = sqlx::PgPool::connect(db_url).await?;
+    let check = sqlx::PgPool::connect(&system.db_url).await?;
     // Every bulk event has an outbox id up to the newest one now: the bulk has committed.
     let last_id: i64 = sqlx::query_scalar("select coalesce(max(id), 0) from outbox")
         .fetch_one(&check)
@@ -292,13 +208,13 @@ async fn bench(
     let published = committed
         + wait_for("every event published", limit, || async {
             let mut conn = check.acquire().await?;
-            Ok(crate::store::outbox::is_published(&mut conn, Some(last_id)).await?)
+            Ok(is_published(&mut conn, last_id).await?)
         })
         .await?;
     let wall = started.elapsed();
     driver.0.cancel();
-    let (mut latencies, errors) = driver.1.await?;
-    latencies.sort();
+    let (latencies, errors) = driver.1.await?;
+    let singles = stats::Latency::of(latencies);
 
     let applied: i64 =
         sqlx::query_scalar("select applied::bigint from bulk_operations where id = $1::uuid")
@@ -327,12 +243,9 @@ async fn bench(
     );
     println!(
         "single changes during the bulk: {} ok, {errors} failed; p50 {:.1?}, p99 {:.1?}, max {:.1?}",
-        latencies.len(),
-        percentile(&latencies, 0.50),
-        percentile(&latencies, 0.99),
-        latencies.last().copied().unwrap_or_default()
+        singles.count, singles.p50, singles.p99, singles.max
     );
     println!("wall time from submit: {wall:.2?}");
-    let _ = system.child.kill().await;
-    Ok(())
+    check.close().await;
+    Ok(per_sec(committed))
 }
