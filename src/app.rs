@@ -6,8 +6,8 @@ use crate::auth::Keys;
 use crate::broker::Names;
 use crate::broker::publisher::JobPublisher;
 use crate::config::{
-    BridgeConfig, CommonConfig, DEV_JWT_SECRET, HttpConfig, IngressConfig, RelayConfig,
-    WorkerConfig,
+    BridgeConfig, CommonConfig, DEV_JWT_SECRET, HttpConfig, IngressConfig, MetricsConfig,
+    RelayConfig, WorkerConfig,
 };
 use crate::http::ApiError;
 use crate::ingress::{self, IngressState, health};
@@ -41,6 +41,8 @@ pub async fn serve_http(
         out.flush()?;
     }
     let app = router
+        .merge(crate::metrics::router())
+        .layer(axum::middleware::from_fn(crate::metrics::track_http))
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(http.body_limit_bytes))
@@ -116,6 +118,7 @@ pub async fn run_ingress(
         std::time::Duration::from_secs(common.shutdown_timeout_secs),
     );
     let pool = db::connect(&common).await?;
+    sample_metrics(&pool, Some(&common), &shutdown);
     let (router, publisher) = ingress_parts(&common, keys(&http), &cfg, &pool, &shutdown);
     if let Err(e) = publisher.check_ready().await {
         tracing::warn!(error = %e, "broker not reachable yet; change-status answers 503 until it is");
@@ -132,6 +135,7 @@ pub async fn run_ingress(
 pub async fn run_worker(
     common: CommonConfig,
     cfg: WorkerConfig,
+    metrics: MetricsConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     crate::shutdown::watchdog(
@@ -139,13 +143,39 @@ pub async fn run_worker(
         std::time::Duration::from_secs(common.shutdown_timeout_secs),
     );
     let pool = db::connect(&common).await?;
-    worker::run(pool, &common, cfg, shutdown).await
+    sample_metrics(&pool, Some(&common), &shutdown);
+    let mut tasks = JoinSet::new();
+    serve_metrics(&mut tasks, &metrics, &shutdown);
+    let token = shutdown.clone();
+    tasks.spawn(async move { worker::run(pool, &common, cfg, token).await });
+    join_all(tasks, shutdown).await
+}
+
+/// Sample what no code path counts (pool, queue depths, outbox lag) until shutdown.
+fn sample_metrics(pool: &PgPool, broker: Option<&CommonConfig>, shutdown: &CancellationToken) {
+    let sampler = crate::metrics::Sampler {
+        pool: pool.clone(),
+        broker: broker.map(|c| (c.amqp_url.clone(), Names::from_config(c))),
+    };
+    tokio::spawn(sampler.run(std::time::Duration::from_secs(5), shutdown.clone()));
+}
+
+/// `/metrics` on `METRICS_BIND`, when set (roles without an HTTP API).
+fn serve_metrics(
+    tasks: &mut JoinSet<anyhow::Result<()>>,
+    cfg: &MetricsConfig,
+    shutdown: &CancellationToken,
+) {
+    if let Some(bind) = cfg.metrics_bind {
+        tasks.spawn(crate::metrics::serve(bind, shutdown.clone()));
+    }
 }
 
 /// `outbox-relay`.
 pub async fn run_relay(
     common: CommonConfig,
     cfg: RelayConfig,
+    metrics: MetricsConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     crate::shutdown::watchdog(
@@ -153,14 +183,17 @@ pub async fn run_relay(
         std::time::Duration::from_secs(common.shutdown_timeout_secs),
     );
     let pool = db::connect(&common).await?;
-    relay::run(
+    sample_metrics(&pool, None, &shutdown);
+    let mut tasks = JoinSet::new();
+    serve_metrics(&mut tasks, &metrics, &shutdown);
+    tasks.spawn(relay::run(
         pool,
         common.amqp_url.clone(),
         Names::from_config(&common),
         cfg,
-        shutdown,
-    )
-    .await
+        shutdown.clone(),
+    ));
+    join_all(tasks, shutdown).await
 }
 
 /// `sse-bridge`: the live event streams, on their own HTTP port.
@@ -209,6 +242,7 @@ pub async fn run_all(cfg: AllConfig, shutdown: CancellationToken) -> anyhow::Res
     db::create_if_missing(&cfg.common).await?;
     let pool = db::connect(&cfg.common).await?;
     db::migrate(&pool).await?;
+    sample_metrics(&pool, Some(&cfg.common), &shutdown);
     let names = Names::from_config(&cfg.common);
     let keys = keys(&cfg.http);
     let (ingress_router, publisher) =

@@ -56,6 +56,15 @@ pub struct CommonConfig {
     pub shutdown_timeout_secs: u64,
 }
 
+/// Where a role without an HTTP API (order worker, outbox relay) serves `/metrics`.
+#[derive(Args, Debug, Clone)]
+pub struct MetricsConfig {
+    /// Address for `GET /metrics` (Prometheus text), e.g. 127.0.0.1:9464. Unset: none.
+    /// HTTP roles serve `/metrics` on their own port instead.
+    #[arg(long, env = "METRICS_BIND")]
+    pub metrics_bind: Option<SocketAddr>,
+}
+
 /// The HTTP side of a process that serves requests.
 #[derive(Args, Debug, Clone)]
 pub struct HttpConfig {

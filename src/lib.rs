@@ -40,6 +40,7 @@ pub mod domain;
 pub mod event;
 pub mod http;
 pub mod ingress;
+pub mod metrics;
 pub mod orders;
 pub mod relay;
 pub mod shutdown;
@@ -48,3 +49,11 @@ pub mod store;
 pub mod telemetry;
 pub mod trace;
 pub mod worker;
+
+/// `--version` of every binary: the package version and the git commit it was built from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("ORDERFLOW_GIT_SHA"),
+    ")"
+);

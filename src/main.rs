@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 /// Order processing over RabbitMQ and Postgres: one state machine, audited, live.
 #[derive(Parser)]
-#[command(name = "orderflow", version, about)]
+#[command(name = "orderflow", version = orderflow::VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -6,7 +6,7 @@ use orderflow::config::{BridgeConfig, CommonConfig, HttpConfig};
 
 /// Serve `/orders/events/subscribe`: live order events with resume by Last-Event-ID.
 #[derive(Parser)]
-#[command(name = "sse-bridge", version, about)]
+#[command(name = "sse-bridge", version = orderflow::VERSION, about)]
 struct Args {
     #[command(flatten)]
     common: CommonConfig,

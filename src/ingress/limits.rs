@@ -41,15 +41,23 @@ impl Limits {
     }
 
     /// Ok, or how long the caller should wait.
-    fn check(&self, actor: Option<Uuid>, ip: Option<IpAddr>) -> Result<(), Duration> {
+    /// Ok, or how long to wait and which limiter (`actor`, `ip`) said so.
+    fn check(
+        &self,
+        actor: Option<Uuid>,
+        ip: Option<IpAddr>,
+    ) -> Result<(), (Duration, &'static str)> {
         let clock = DefaultClock::default();
-        let outcome = match (actor, ip) {
-            (Some(actor), _) => self.0.per_actor.as_ref().map(|l| l.check_key(&actor)),
-            (None, Some(ip)) => self.0.per_ip.as_ref().map(|l| l.check_key(&ip)),
-            (None, None) => None,
+        let (outcome, limiter) = match (actor, ip) {
+            (Some(actor), _) => (
+                self.0.per_actor.as_ref().map(|l| l.check_key(&actor)),
+                "actor",
+            ),
+            (None, Some(ip)) => (self.0.per_ip.as_ref().map(|l| l.check_key(&ip)), "ip"),
+            (None, None) => (None, "none"),
         };
         match outcome {
-            Some(Err(not_until)) => Err(not_until.wait_time_from(clock.now())),
+            Some(Err(not_until)) => Err((not_until.wait_time_from(clock.now()), limiter)),
             _ => Ok(()),
         }
     }
@@ -86,6 +94,9 @@ pub async fn middleware(
         .map(|c| c.0.ip());
     match state.limits.check(actor, ip) {
         Ok(()) => next.run(request).await,
-        Err(wait) => ApiError::RateLimited(wait).into_response(),
+        Err((wait, limiter)) => {
+            ::metrics::counter!(crate::metrics::RATE_LIMITED, "limiter" => limiter).increment(1);
+            ApiError::RateLimited(wait).into_response()
+        }
     }
 }

@@ -257,6 +257,7 @@ pub type Report = Vec<(Uuid, Outcome)>;
 /// record every outcome, commit. On error nothing is written.
 #[tracing::instrument(skip_all, fields(jobs = job_ids.len()), err)]
 pub async fn apply_batch(pool: &PgPool, job_ids: &[Uuid]) -> sqlx::Result<Report> {
+    let started = std::time::Instant::now();
     let mut tx = pool.begin().await?;
     let mut unique = job_ids.to_vec();
     unique.sort();
@@ -271,6 +272,7 @@ pub async fn apply_batch(pool: &PgPool, job_ids: &[Uuid]) -> sqlx::Result<Report
 
     let mut report = Vec::with_capacity(job_ids.len());
     let mut finished = Vec::with_capacity(claimed.len());
+    let mut accepted_at = Vec::with_capacity(claimed.len());
     for id in job_ids {
         let Some(job) = claimed.remove(id) else {
             report.push((*id, Outcome::Duplicate));
@@ -278,12 +280,34 @@ pub async fn apply_batch(pool: &PgPool, job_ids: &[Uuid]) -> sqlx::Result<Report
         };
         let (outcome, done) = batch.apply_job(&job);
         finished.push(done);
+        accepted_at.push(job.created_at);
         report.push((job.id, outcome));
     }
     batch.write(&mut tx).await?;
     jobs::finish_many(&mut tx, &finished).await?;
     tx.commit().await?;
+    record_metrics(&report, &accepted_at, started);
     Ok(report)
+}
+
+/// What a committed batch adds to `/metrics`.
+fn record_metrics(report: &Report, accepted_at: &[DateTime<Utc>], started: std::time::Instant) {
+    let now = Utc::now();
+    use crate::metrics::{BATCH_DURATION, BATCH_SIZE, JOB_WAIT, JOBS_APPLIED, JOBS_REJECTED};
+    use ::metrics::{counter, histogram};
+    histogram!(BATCH_DURATION).record(started.elapsed().as_secs_f64());
+    histogram!(BATCH_SIZE).record(report.len() as f64);
+    for (_, outcome) in report {
+        match outcome {
+            Outcome::Succeeded => counter!(JOBS_APPLIED).increment(1),
+            Outcome::Rejected(r) => counter!(JOBS_REJECTED, "code" => r.code.as_str()).increment(1),
+            _ => {}
+        }
+    }
+    for at in accepted_at {
+        let waited = (now - *at).to_std().unwrap_or_default();
+        histogram!(JOB_WAIT).record(waited.as_secs_f64());
+    }
 }
 
 impl Batch {

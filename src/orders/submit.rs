@@ -94,6 +94,8 @@ pub async fn submit_change(
         jobs::abandon_unqueued(conn, job_id, error).await
     })
     .await?;
+    ::metrics::counter!(crate::metrics::JOBS_ACCEPTED, "kind" => JobKind::ChangeStatus.as_str())
+        .increment(1);
 
     let (Some(waiter), Some(limit)) = (waiter, s.wait) else {
         return Ok(Submitted::Queued(job));

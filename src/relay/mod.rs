@@ -10,12 +10,15 @@
 use crate::broker::publisher::{EventPublisher, Sending};
 use crate::broker::{self, Names};
 use crate::config::RelayConfig;
+use crate::metrics;
 use crate::store::outbox;
+use ::metrics::{counter, histogram};
 use anyhow::Context;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool, Postgres};
 use std::time::Duration;
+use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// The advisory lock key of the active relay (per database).
@@ -162,7 +165,7 @@ pub async fn drain(
 ) -> anyhow::Result<usize> {
     let mut conn = pool.acquire().await?;
     let mut sent_through = outbox::published_seq(&mut conn).await?;
-    let mut in_flight: Option<(i64, usize, Sending<'_>)> = None;
+    let mut in_flight: Option<(i64, usize, Instant, Sending<'_>)> = None;
     let mut published = 0;
     // Rows sequenced but not confirmed can only be left by a relay that died: they are
     // all after the cursor, and are republished before anything new is sequenced.
@@ -188,20 +191,22 @@ pub async fn drain(
         let queued = match next.last() {
             Some(e) => {
                 let (last, count) = (e.seq, next.len());
-                Some((last, count, publisher.send(next)))
+                Some((last, count, Instant::now(), publisher.send(next)))
             }
             None => None,
         };
-        if let Some((through, count, confirms)) = in_flight.take() {
+        if let Some((through, count, queued_at, confirms)) = in_flight.take() {
             confirms.await.context("publishing events")?;
+            histogram!(metrics::RELAY_CONFIRM).record(queued_at.elapsed().as_secs_f64());
             outbox::mark_published(&mut conn, through).await?;
+            counter!(metrics::RELAY_PUBLISHED).increment(count as u64);
             published += count;
             tracing::debug!(events = count, through, "published");
         }
-        let Some((last, count, confirms)) = queued else {
+        let Some((last, count, queued_at, confirms)) = queued else {
             return Ok(published);
         };
         sent_through = last;
-        in_flight = Some((last, count, confirms));
+        in_flight = Some((last, count, queued_at, confirms));
     }
 }

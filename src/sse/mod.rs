@@ -12,6 +12,8 @@ use crate::config::BridgeConfig;
 use crate::domain::{Actor, Role};
 use crate::event::Event;
 use crate::http::ApiError;
+use crate::metrics;
+use ::metrics::{counter, gauge};
 use anyhow::Context;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
@@ -47,6 +49,40 @@ fn role_index(role: Role) -> usize {
         .iter()
         .position(|r| *r == role)
         .expect("role in ALL")
+}
+
+/// Each counter moves here, and with it its Prometheus metric: `/orders/events/stats`
+/// and `/metrics` cannot disagree.
+impl Stats {
+    pub(crate) fn connected(&self, role: Role) {
+        self.by_role[role_index(role)].fetch_add(1, Ordering::Relaxed);
+        gauge!(metrics::SSE_CONNECTIONS, "role" => role.as_str()).increment(1.0);
+    }
+
+    pub(crate) fn disconnected(&self, role: Role) {
+        self.by_role[role_index(role)].fetch_sub(1, Ordering::Relaxed);
+        gauge!(metrics::SSE_CONNECTIONS, "role" => role.as_str()).decrement(1.0);
+    }
+
+    pub(crate) fn delivered(&self) {
+        self.events_delivered.fetch_add(1, Ordering::Relaxed);
+        counter!(metrics::SSE_EVENTS_SENT).increment(1);
+    }
+
+    pub(crate) fn slow_disconnect(&self) {
+        self.slow_disconnects.fetch_add(1, Ordering::Relaxed);
+        counter!(metrics::SSE_SLOW_DISCONNECTS).increment(1);
+    }
+
+    pub(crate) fn replayed(&self, from_memory: bool, n: usize) {
+        let (counter, source) = if from_memory {
+            (&self.replayed_from_memory, "memory")
+        } else {
+            (&self.replayed_from_db, "database")
+        };
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+        counter!(metrics::SSE_REPLAYED, "source" => source).increment(n as u64);
+    }
 }
 
 #[derive(Clone)]

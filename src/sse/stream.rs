@@ -2,14 +2,13 @@
 //! stream's cursor only moves forward one seq at a time, filling any hole from the ring or
 //! the outbox, so a client sees every event it may see, in seq order, exactly once.
 
-use super::{BridgeState, Filter, role_index};
+use super::{BridgeState, Filter};
 use crate::event::Event;
 use crate::http::ApiError;
 use crate::store::outbox;
 use axum::response::sse::Event as Frame;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -66,7 +65,7 @@ pub(super) async fn open(
     }
 
     let role = filter.actor.role;
-    state.stats.by_role[role_index(role)].fetch_add(1, Ordering::Relaxed);
+    state.stats.connected(role);
     tokio::spawn(async move {
         let _guard = ConnectionGuard {
             state: state.clone(),
@@ -86,7 +85,7 @@ struct ConnectionGuard {
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        self.state.stats.by_role[role_index(self.role)].fetch_sub(1, Ordering::Relaxed);
+        self.state.stats.disconnected(self.role);
     }
 }
 
@@ -126,7 +125,7 @@ async fn pump(
         let event = match received {
             Ok(e) => e,
             Err(broadcast::error::RecvError::Lagged(_)) => {
-                state.stats.slow_disconnects.fetch_add(1, Ordering::Relaxed);
+                state.stats.slow_disconnect();
                 return Err(End::Slow);
             }
             Err(broadcast::error::RecvError::Closed) => return Err(End::Shutdown),
@@ -152,10 +151,7 @@ async fn replay(
     tx: &Tx,
 ) -> Result<i64, End> {
     if let Some(events) = state.hub.range(after, before) {
-        state
-            .stats
-            .replayed_from_memory
-            .fetch_add(events.len() as u64, Ordering::Relaxed);
+        state.stats.replayed(true, events.len());
         for e in events {
             deliver(state, filter, &e, tx, true).await?;
         }
@@ -167,10 +163,7 @@ async fn replay(
         let Some(last) = page.last().map(|e| e.seq) else {
             break;
         };
-        state
-            .stats
-            .replayed_from_db
-            .fetch_add(page.len() as u64, Ordering::Relaxed);
+        state.stats.replayed(false, page.len());
         for e in &page {
             deliver(state, filter, e, tx, true).await?;
         }
@@ -200,12 +193,12 @@ async fn deliver(
     } else {
         tx.try_send(Ok(frame)).map_err(|err| match err {
             mpsc::error::TrySendError::Full(_) => {
-                state.stats.slow_disconnects.fetch_add(1, Ordering::Relaxed);
+                state.stats.slow_disconnect();
                 End::Slow
             }
             mpsc::error::TrySendError::Closed(_) => End::Gone,
         })?;
     }
-    state.stats.events_delivered.fetch_add(1, Ordering::Relaxed);
+    state.stats.delivered();
     Ok(())
 }

@@ -182,3 +182,20 @@ pub async fn seq_bounds(conn: &mut PgConnection) -> sqlx::Result<(Option<i64>, O
         .fetch_one(conn)
         .await
 }
+
+/// Outbox lag: how many committed events are not yet published, and the age in seconds of
+/// the oldest of them (0 when none). Both sets are small and indexed (unsequenced rows,
+/// and seqs past the published cursor), so this is cheap to sample.
+pub async fn lag(conn: &mut PgConnection) -> sqlx::Result<(i64, f64)> {
+    sqlx::query_as(
+        "with pending as (
+             select created_at from outbox where seq is null
+             union all
+             select created_at from outbox where seq > (select published_seq from outbox_cursor))
+         select count(*)::bigint,
+                coalesce(extract(epoch from now() - min(created_at)), 0)::float8
+         from pending",
+    )
+    .fetch_one(conn)
+    .await
+}

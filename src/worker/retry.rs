@@ -88,6 +88,7 @@ pub async fn retry_or_park(
             Some(jittered),
         )
         .await?;
+        ::metrics::counter!(crate::metrics::JOBS_RETRIED).increment(1);
         Ok(Disposition::Retrying {
             next_attempt: attempt + 1,
         })
@@ -105,5 +106,7 @@ pub async fn park(
     attempt: u32,
     reason: &str,
 ) -> Result<(), PublishError> {
-    copy_to(channel, &names.jobs_dead, delivery, attempt, reason, None).await
+    copy_to(channel, &names.jobs_dead, delivery, attempt, reason, None).await?;
+    ::metrics::counter!(crate::metrics::JOBS_DEAD).increment(1);
+    Ok(())
 }

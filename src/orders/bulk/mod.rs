@@ -198,6 +198,8 @@ pub async fn submit(
         bulk::abandon_unqueued(conn, bulk_id, error).await
     })
     .await?;
+    ::metrics::counter!(crate::metrics::JOBS_ACCEPTED, "kind" => JobKind::Bulk.as_str())
+        .increment(1);
     tracing::info!(%job_id, mode = %mode, "bulk queued");
     Ok(BulkSubmitted {
         bulk_id,

@@ -80,9 +80,9 @@ pub async fn step(pool: &PgPool, job: &Job, chunk: i64) -> Result<Step, StepErro
                     // only that one fails and every other order that may move, moves.
                     tracing::warn!(error = %e, "bulk chunk failed; isolating its orders");
                     drop(tx);
-                    return Ok(Step::Progressed(
-                        isolate(pool, &op, job, &request, &next).await?,
-                    ));
+                    let latest = isolate(pool, &op, job, &request, &next).await?;
+                    count_orders(&op, &latest);
+                    return Ok(Step::Progressed(latest));
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -90,11 +90,27 @@ pub async fn step(pool: &PgPool, job: &Job, chunk: i64) -> Result<Step, StepErro
             Step::Finished(bulk::finish(&mut tx, bulk_id, BulkStatus::Completed, None).await?)
         }
     };
-    match &step {
-        Step::Progressed(op) | Step::Finished(op) => progress(&mut tx, op).await?,
-    }
+    let (Step::Progressed(latest) | Step::Finished(latest)) = &step;
+    progress(&mut tx, latest).await?;
     tx.commit().await?;
+    count_orders(&op, latest);
     Ok(step)
+}
+
+/// Count, for `/metrics`, the orders a committed step moved to an outcome.
+fn count_orders(before: &BulkOp, after: &BulkOp) {
+    let moved = [
+        (ItemOutcome::Applied, after.applied - before.applied),
+        (ItemOutcome::Rejected, after.rejected - before.rejected),
+        (ItemOutcome::Failed, after.failed - before.failed),
+        (ItemOutcome::Skipped, after.skipped - before.skipped),
+    ];
+    for (outcome, n) in moved {
+        if n > 0 {
+            ::metrics::counter!(crate::metrics::BULK_ORDERS, "outcome" => outcome.as_str())
+                .increment(n as u64);
+        }
+    }
 }
 
 /// Apply `items` (best effort): every order that may move, moves; the rest get their reason.
