@@ -3,27 +3,26 @@
 //! cannot be applied ends `dead` with its error and its message parked, and an admin can
 //! redrive it — once; business rejections are outcomes, never retried or parked.
 
-mod common;
-
-use common::*;
+use crate::harness::*;
 use lapin::message::Delivery;
 use serde_json::json;
 use std::time::Duration;
 use uuid::Uuid;
 
 fn dead_queue(sys: &TestSystem) -> String {
-    format!("{}orderflow.jobs.dead", sys.ns)
+    format!("{}orderflow.jobs.dead", sys.broker().ns)
 }
 
 /// The delay queues of the default retry policy (JOB_MAX_ATTEMPTS=5: steps 1 to 4).
 fn retry_queues(sys: &TestSystem) -> Vec<String> {
     (1..=4)
-        .map(|n| format!("{}orderflow.jobs.retry.{n}", sys.ns))
+        .map(|n| format!("{}orderflow.jobs.retry.{n}", sys.broker().ns))
         .collect()
 }
 
 async fn take_dead(sys: &TestSystem, what: &str) -> Delivery {
-    sys.take_message_within(&dead_queue(sys), JOB_DEADLINE)
+    sys.broker()
+        .take_message_within(&dead_queue(sys), JOB_DEADLINE)
         .await
         .unwrap_or_else(|| {
             panic!(
@@ -52,7 +51,7 @@ async fn unparseable_job_message_is_parked_with_its_reason() {
         b"[]",
     ];
     for body in poison {
-        sys.publish_raw_job_message(body).await;
+        sys.broker().publish_raw_job_message(body).await;
     }
 
     // The queue keeps flowing: a real change behind the poison is applied.
@@ -78,12 +77,12 @@ async fn unparseable_job_message_is_parked_with_its_reason() {
     );
 
     assert_eq!(
-        sys.queue_depth(&dead_queue(&sys)).await,
+        sys.broker().queue_depth(&dead_queue(&sys)).await,
         0,
         "only the poison was parked"
     );
     assert_eq!(
-        sys.queue_depth(&sys.jobs_queue()).await,
+        sys.broker().queue_depth(&sys.broker().jobs_queue()).await,
         0,
         "the work queue is drained"
     );
@@ -110,7 +109,7 @@ async fn job_that_cannot_be_applied_is_dead_and_can_be_redriven_once() {
     .execute(sys.db())
     .await
     .expect("inserting an unreadable job");
-    sys.publish_job_message(job_id).await;
+    sys.broker().publish_job_message(job_id).await;
 
     let job = sys.wait_job(&admin, job_id).await;
     assert_eq!(
@@ -139,7 +138,7 @@ async fn job_that_cannot_be_applied_is_dead_and_can_be_redriven_once() {
     );
     for queue in retry_queues(&sys) {
         assert_eq!(
-            sys.queue_depth(&queue).await,
+            sys.broker().queue_depth(&queue).await,
             0,
             "a job that cannot be read is not retried ({queue})"
         );
@@ -228,7 +227,7 @@ async fn job_that_cannot_be_applied_is_dead_and_can_be_redriven_once() {
         .expect_error(409, Some("not_dead"), "redrive of a job that succeeded");
 
     // Someone shovels the parked copy back into the work queue: nothing applies twice.
-    sys.publish_job_message(job_id).await;
+    sys.broker().publish_job_message(job_id).await;
     barrier(&sys, &admin).await;
     let history = sys.history(&admin, order).await;
     let paid = history
@@ -245,7 +244,7 @@ async fn job_that_cannot_be_applied_is_dead_and_can_be_redriven_once() {
         "the duplicate did not claim the job again"
     );
     assert_eq!(
-        sys.queue_depth(&dead_queue(&sys)).await,
+        sys.broker().queue_depth(&dead_queue(&sys)).await,
         0,
         "nothing else was parked"
     );
@@ -283,11 +282,11 @@ async fn business_rejections_are_not_retried() {
         (Some("rejected"), Some(1)),
         "{job}"
     );
-    let mut queues = vec![sys.jobs_queue(), dead_queue(&sys)];
+    let mut queues = vec![sys.broker().jobs_queue(), dead_queue(&sys)];
     queues.extend(retry_queues(&sys));
     for queue in queues {
         assert_eq!(
-            sys.queue_depth(&queue).await,
+            sys.broker().queue_depth(&queue).await,
             0,
             "a rejection leaves nothing in {queue}"
         );
@@ -298,7 +297,8 @@ async fn business_rejections_are_not_retried() {
         "the rejected change did not touch the order"
     );
     assert!(
-        sys.take_message_within(&dead_queue(&sys), Duration::from_millis(200))
+        sys.broker()
+            .take_message_within(&dead_queue(&sys), Duration::from_millis(200))
             .await
             .is_none(),
         "nothing was parked"

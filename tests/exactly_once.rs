@@ -1,9 +1,7 @@
 //! A job's effect happens once: redelivered job messages and repeated requests with the
 //! same Idempotency-Key change nothing more.
 
-mod common;
-
-use common::*;
+use crate::harness::*;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -21,8 +19,8 @@ async fn duplicate_job_delivery_changes_the_order_once() {
     let paid_job = uuid_of(&paid, "id");
 
     // The broker redelivers the same message twice (as after a lost ack).
-    sys.publish_job_message(paid_job).await;
-    sys.publish_job_message(paid_job).await;
+    sys.broker().publish_job_message(paid_job).await;
+    sys.broker().publish_job_message(paid_job).await;
 
     // A later job on the same order, queued behind the duplicates, is applied normally.
     let confirm = sys.apply(&atok, order, &json!({"action": "confirm"})).await;
@@ -103,13 +101,14 @@ async fn idempotency_key_repeat_returns_the_first_job() {
             .to_owned()
     };
 
-    let first = Answer::read(sys.change_status(&admin, order, &body, &key).await)
+    let first = sys
+        .change_status(&admin, order, &body, &key)
         .await
         .expect_status(202, "first request with the key");
     let first_job = job_of(&first);
 
     // The repeat, while the first may still be queued or running.
-    let repeat = Answer::read(sys.change_status(&admin, order, &body, &key).await).await;
+    let repeat = sys.change_status(&admin, order, &body, &key).await;
     assert!(
         matches!(repeat.status.as_u16(), 200 | 202),
         "repeat: {} {}",
@@ -126,7 +125,7 @@ async fn idempotency_key_repeat_returns_the_first_job() {
     assert_eq!(job["status"], "succeeded", "{job}");
 
     // And after it finished.
-    let late = Answer::read(sys.change_status(&admin, order, &body, &key).await).await;
+    let late = sys.change_status(&admin, order, &body, &key).await;
     assert!(
         matches!(late.status.as_u16(), 200 | 202),
         "late repeat: {} {}",
@@ -145,7 +144,8 @@ async fn idempotency_key_repeat_returns_the_first_job() {
     );
 
     // The key is per actor: another admin's request with the same key is its own job.
-    let other = Answer::read(sys.change_status(&other_admin, order, &body, &key).await)
+    let other = sys
+        .change_status(&other_admin, order, &body, &key)
         .await
         .expect_status(202, "another actor, same key");
     let other_job = job_of(&other);

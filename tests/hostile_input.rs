@@ -4,9 +4,7 @@
 //! limits are capped and a cursor walk sees each row once. (No token, expired, wrong
 //! secret, `alg: none` and missing `exp` are covered in rejections.rs.)
 
-mod common;
-
-use common::*;
+use crate::harness::*;
 use futures::stream;
 use jsonwebtoken::Algorithm;
 use reqwest::Method;
@@ -319,12 +317,10 @@ async fn another_customers_order_and_job_look_exactly_like_missing_ones() {
         (json!({"to": "cancelled"}), vec![("Prefer", "wait=5")], 404),
         (json!({"action": "mark_paid"}), vec![], 403),
     ] {
-        let t = Answer::read(sys.change_status(&btok, order_a, &body, &headers).await).await;
-        let m = Answer::read(
-            sys.change_status(&btok, missing_order, &body, &headers)
-                .await,
-        )
-        .await;
+        let t = sys.change_status(&btok, order_a, &body, &headers).await;
+        let m = sys
+            .change_status(&btok, missing_order, &body, &headers)
+            .await;
         if t.status.as_u16() != status {
             failures.push(format!(
                 "B changes A's order with {body}: expected {status}, got {} {}",
@@ -573,11 +569,9 @@ async fn body_setting_server_owned_fields_is_refused_and_creates_nothing() {
         ),
     ];
     for (who, token, body) in &change_cases {
-        let answer = Answer::read(
-            sys.change_status(token, order, body, &[("Prefer", "wait=5")])
-                .await,
-        )
-        .await;
+        let answer = sys
+            .change_status(token, order, body, &[("Prefer", "wait=5")])
+            .await;
         if answer.status.as_u16() != 400 || answer.code() != Some("invalid_request") {
             failures.push(format!(
                 "{who} change-status {body}: expected 400 invalid_request, got {} {}",

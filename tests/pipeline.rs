@@ -2,14 +2,12 @@
 //! the history, published downstream through the outbox relay and streamed over SSE —
 //! and, per order, every consumer sees the changes in the order the history records them.
 
-mod common;
-
 use std::{
     collections::{BTreeMap, HashSet},
     time::Instant,
 };
 
-use common::*;
+use crate::harness::*;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -24,7 +22,7 @@ async fn paid_and_confirmed_order_is_audited_published_and_streamed() {
     let (ctok, atok) = (sys.token("customer", customer), sys.token("admin", admin));
     let order_id = sys.create_simple_order(&ctok).await;
 
-    let mut downstream = sys.downstream_queue("order.status.*").await;
+    let mut downstream = sys.broker().downstream_queue("order.status.*").await;
     let mut stream = sys
         .sse_connect("/orders/events/subscribe", Some(&ctok), None)
         .await;
@@ -293,7 +291,7 @@ async fn events_per_order_follow_history_order() {
     let sys = TestSystem::start().await;
     let atok = sys.token("admin", Uuid::new_v4());
     // Bound before the first order exists, so this consumer sees every order event.
-    let mut downstream = sys.downstream_queue("order.#").await;
+    let mut downstream = sys.broker().downstream_queue("order.#").await;
 
     let mut orders = Vec::new();
     for _ in 0..3 {
@@ -459,7 +457,7 @@ async fn the_callers_trace_context_reaches_the_job_and_the_published_event() {
         sys.token("customer", Uuid::new_v4()),
         sys.token("admin", Uuid::new_v4()),
     );
-    let mut downstream = sys.downstream_queue("order.#").await;
+    let mut downstream = sys.broker().downstream_queue("order.#").await;
 
     // No traceparent on the request: the event still carries a (new) valid one.
     let order_id = sys.create_simple_order(&ctok).await;
@@ -479,11 +477,7 @@ async fn the_callers_trace_context_reaches_the_job_and_the_published_event() {
             &[("traceparent", incoming.as_str())],
         )
         .await;
-    assert_eq!(answer.status().as_u16(), 202, "change-status");
-    let job_id = uuid_of(
-        &answer.json::<Value>().await.expect("a JSON body"),
-        "job_id",
-    );
+    let job_id = uuid_of(&answer.expect_status(202, "change-status").body, "job_id");
     let changed = downstream.expect_next("order.status_changed").await;
     assert_eq!(message_json(&changed)["job_id"], job_id.to_string());
     let header = message_header(&changed, "traceparent").expect("a traceparent header");

@@ -3,9 +3,7 @@
 //! are limited per client IP. Limits are set low for the test (RATE_PER_ACTOR=5: bursts of
 //! 10; RATE_PER_IP=3: bursts of 6). Nothing waits for a bucket to refill.
 
-mod common;
-
-use common::*;
+use crate::harness::*;
 use serde_json::json;
 use std::time::Instant;
 use uuid::Uuid;

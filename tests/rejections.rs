@@ -2,9 +2,7 @@
 //! status, the job recorded as rejected (never retried), the order untouched — and the
 //! requests refused before any job exists (400 shape errors, 401 authentication).
 
-mod common;
-
-use common::*;
+use crate::harness::*;
 use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -28,11 +26,9 @@ async fn expect_rejection(
     let version = sys.order(admin, order_id).await["version"].clone();
     let mut all_headers = vec![WAIT];
     all_headers.extend_from_slice(headers);
-    let answer = Answer::read(
-        sys.change_status(token, order_id, &body, &all_headers)
-            .await,
-    )
-    .await;
+    let answer = sys
+        .change_status(token, order_id, &body, &all_headers)
+        .await;
     if answer.status.as_u16() != status || answer.code() != Some(code) {
         return Err(format!(
             "expected {status} {code}, got {} {}",
@@ -78,7 +74,7 @@ async fn expect_forbidden(
     body: Value,
 ) -> Result<(), String> {
     let jobs = sys.jobs_of_order(order_id).await;
-    let answer = Answer::read(sys.change_status(token, order_id, &body, &[WAIT]).await).await;
+    let answer = sys.change_status(token, order_id, &body, &[WAIT]).await;
     if answer.status.as_u16() != 403 || answer.code() != Some("forbidden_role") {
         return Err(format!(
             "expected 403 forbidden_role, got {} {}",
@@ -206,12 +202,13 @@ async fn every_rejection_code_is_reachable_with_its_status() {
     // Stock: 1 on hand, 2 wanted.
     let sku = format!("SCARCE-{}", &Uuid::new_v4().simple().to_string()[..8]);
     sys.set_inventory(&atok, &sku, 1).await;
-    let scarce = order_id(
+    let scarce = uuid_of(
         &sys.create_order(
             &ctok,
             json!([{"sku": sku, "quantity": 2, "unit_price_cents": 500}]),
         )
         .await,
+        "id",
     );
     sys.apply(&atok, scarce, &json!({"action": "mark_paid"}))
         .await;
@@ -305,17 +302,15 @@ async fn matching_expected_version_or_if_match_is_applied() {
         &json!({"action": "mark_paid", "expected_version": 1}),
     )
     .await;
-    let answer = Answer::read(
-        sys.change_status(
+    let answer = sys
+        .change_status(
             &atok,
             order,
             &json!({"action": "confirm"}),
             &[WAIT, ("If-Match", "\"2\"")],
         )
-        .await,
-    )
-    .await
-    .expect_status(200, "confirm with If-Match \"2\" and Prefer: wait");
+        .await
+        .expect_status(200, "confirm with If-Match \"2\" and Prefer: wait");
     assert_eq!(answer.body["job"]["status"], "succeeded", "{}", answer.body);
     assert_eq!(
         answer.body["order"]["status"], "confirmed",
@@ -359,7 +354,7 @@ async fn malformed_change_requests_are_rejected_with_400_and_queue_nothing() {
         json!({"action": "mark_paid", "expected_version": "three"}),
         json!(["mark_paid"]),
     ] {
-        let answer = Answer::read(sys.change_status(&atok, order, &body, &[WAIT]).await).await;
+        let answer = sys.change_status(&atok, order, &body, &[WAIT]).await;
         let shaped =
             answer.body["error"]["code"].is_string() && answer.body["error"]["message"].is_string();
         if answer.status.as_u16() != 400 || !shaped {

@@ -2,9 +2,7 @@
 //! order, without duplicates, without gaps — whether the bridge still holds the events in
 //! memory or (after a restart) has to replay them from the outbox.
 
-mod common;
-
-use common::*;
+use crate::harness::*;
 use serde_json::json;
 use uuid::Uuid;
 

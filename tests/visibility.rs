@@ -1,9 +1,7 @@
 //! A customer sees its own orders and nothing of anyone else's: not the order, its
 //! history, its valid actions, its jobs — and not its live events.
 
-mod common;
-
-use common::*;
+use crate::harness::*;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -67,16 +65,14 @@ async fn customer_cannot_see_another_customers_order_or_events() {
             "B: GET {path} must not tell that it exists"
         );
     }
-    let answer = Answer::read(
-        sys.change_status(
+    let answer = sys
+        .change_status(
             &btok,
             order_a,
             &json!({"action": "cancel"}),
             &[("Prefer", "wait=10")],
         )
-        .await,
-    )
-    .await;
+        .await;
     answer.expect_error(404, None, "B changes A's order");
     assert_eq!(
         sys.jobs_of_order(order_a).await,

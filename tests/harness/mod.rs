@@ -1,0 +1,35 @@
+//! Harness for the end-to-end tests. Each test starts the real binaries against its own
+//! fresh database and broker namespace (a [`Sandbox`]) and observes them from outside, the
+//! way clients see them: HTTP, AMQP, SSE, and the database rows the guarantees are about.
+//!
+//! - [`system`]: one `orderflow all` process and a client of its API;
+//! - [`cluster`]: every role as its own supervised process, for fault injection;
+//! - [`chaos`]: the load, the observers, the faults and the evidence of the fault suite;
+//! - [`tokens`], [`sse`], [`broker`], [`answer`]: the clients' tools, each written once;
+//! - [`wait`]: every wait is for a condition, with a deadline, and fails loudly with what
+//!   it saw last.
+
+pub mod answer;
+pub mod broker;
+pub mod chaos;
+pub mod cluster;
+pub mod sandbox;
+pub mod sse;
+pub mod supervisor;
+pub mod system;
+pub mod tokens;
+pub mod wait;
+
+pub use answer::Answer;
+pub use broker::{Broker, message_header, message_id, message_json};
+pub use sandbox::{BrokerUse, Sandbox};
+pub use sse::{SseEvent, SseStream};
+pub use system::{TERMINAL_JOB_STATUSES, TestSystem, uuid_of};
+pub use tokens::{jwt_signed_with, signed_token, unix_now, unsigned_token};
+pub use wait::{EVENT_DEADLINE, JOB_DEADLINE};
+
+/// The base URL a process announces on stdout (`listening on http://ip:port`).
+fn listening_url(line: &str) -> Option<String> {
+    line.split_once("listening on http://")
+        .map(|(_, addr)| format!("http://{}", addr.trim()))
+}

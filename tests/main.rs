@@ -1,0 +1,17 @@
+//! The end-to-end suite: the real binaries against real PostgreSQL and RabbitMQ, observed
+//! from outside over HTTP, AMQP and SSE. One test binary: the [`harness`] is compiled once
+//! and every item of it is used by some test below. Each module is one guarantee or feature.
+
+mod harness;
+
+mod bulk;
+mod dead_letters;
+mod exactly_once;
+mod faults;
+mod hostile_input;
+mod pipeline;
+mod rate_limits;
+mod rejections;
+mod sse_resume;
+mod state_machine;
+mod visibility;
