@@ -3,20 +3,22 @@
 //! cannot be applied ends `dead` with its error and its message parked, and an admin can
 //! redrive it — once; business rejections are outcomes, never retried or parked.
 
-use crate::harness::*;
+use std::time::Duration;
+
 use lapin::message::Delivery;
 use serde_json::json;
-use std::time::Duration;
 use uuid::Uuid;
 
+use crate::harness::{JOB_DEADLINE, TestSystem, message_header, message_id};
+
 fn dead_queue(sys: &TestSystem) -> String {
-    format!("{}orderflow.jobs.dead", sys.broker().ns)
+    sys.broker().name("orderflow.jobs.dead")
 }
 
 /// The delay queues of the default retry policy (JOB_MAX_ATTEMPTS=5: steps 1 to 4).
 fn retry_queues(sys: &TestSystem) -> Vec<String> {
     (1..=4)
-        .map(|n| format!("{}orderflow.jobs.retry.{n}", sys.broker().ns))
+        .map(|n| sys.broker().name(&format!("orderflow.jobs.retry.{n}")))
         .collect()
 }
 
@@ -110,75 +112,10 @@ async fn job_that_cannot_be_applied_is_dead_and_can_be_redriven_once() {
     .await
     .expect("inserting an unreadable job");
     sys.broker().publish_job_message(job_id).await;
+    assert_dead_and_parked(&sys, &admin, job_id).await;
+    assert_listed_dead(&sys, &admin, job_id).await;
 
-    let job = sys.wait_job(&admin, job_id).await;
-    assert_eq!(
-        job["status"], "dead",
-        "an unreadable job is dead, not retried: {job}"
-    );
-    assert!(
-        job["error"]["code"].as_str().is_some_and(|c| !c.is_empty())
-            && job["error"]["message"]
-                .as_str()
-                .is_some_and(|m| !m.is_empty()),
-        "a dead job carries its error: {job}"
-    );
-
-    let parked = take_dead(&sys, "the dead job's message").await;
-    assert_eq!(
-        message_id(&parked).as_deref(),
-        Some(job_id.to_string().as_str()),
-        "the parked message is the job's"
-    );
-    let reason = message_header(&parked, "x-reason").unwrap_or_default();
-    assert!(
-        !reason.is_empty(),
-        "the parked message says why: headers {:?}",
-        parked.properties.headers()
-    );
-    for queue in retry_queues(&sys) {
-        assert_eq!(
-            sys.broker().queue_depth(&queue).await,
-            0,
-            "a job that cannot be read is not retried ({queue})"
-        );
-    }
-
-    let listed = sys
-        .get("/admin/jobs?status=dead", Some(&admin))
-        .await
-        .expect_status(200, "GET /admin/jobs?status=dead")
-        .body;
-    let ids: Vec<&str> = listed["jobs"].as_array().map_or(vec![], |jobs| {
-        jobs.iter().filter_map(|j| j["id"].as_str()).collect()
-    });
-    assert_eq!(
-        ids,
-        vec![job_id.to_string().as_str()],
-        "the dead job is listed: {listed}"
-    );
-    assert!(
-        listed["jobs"][0]["error"].is_object(),
-        "the listing shows the error: {listed}"
-    );
-
-    // Only admins redrive; unknown jobs are 404.
-    let retry_path = format!("/admin/jobs/{job_id}/retry");
-    for (role, token) in [
-        ("support", sys.token("support", Uuid::new_v4())),
-        ("customer", customer.clone()),
-    ] {
-        sys.post(&retry_path, Some(&token), &json!({}))
-            .await
-            .expect_error(403, Some("forbidden_role"), &format!("{role} redrives"));
-    }
-    sys.post(
-        &format!("/admin/jobs/{}/retry", Uuid::new_v4()),
-        Some(&admin),
-        &json!({}),
-    )
-    .await
-    .expect_error(404, Some("not_found"), "redrive of an unknown job");
+    assert_only_admins_redrive(&sys, &admin, &customer, job_id).await;
 
     // The operator fixes what made it unreadable, then redrives it — twice at once.
     sqlx::query(r#"update jobs set payload = '{"action": "mark_paid"}'::jsonb where id = $1"#)
@@ -186,34 +123,7 @@ async fn job_that_cannot_be_applied_is_dead_and_can_be_redriven_once() {
         .execute(sys.db())
         .await
         .expect("fixing the payload");
-    let empty = json!({});
-    let (first, second) = tokio::join!(
-        sys.post(&retry_path, Some(&admin), &empty),
-        sys.post(&retry_path, Some(&admin), &empty)
-    );
-    let mut statuses = [first.status.as_u16(), second.status.as_u16()];
-    statuses.sort();
-    assert_eq!(
-        statuses,
-        [202, 409],
-        "two concurrent redrives queue the job once: {} / {}",
-        first.body,
-        second.body
-    );
-    let (accepted, refused) = if first.status.as_u16() == 202 {
-        (first, second)
-    } else {
-        (second, first)
-    };
-    assert_eq!(refused.code(), Some("not_dead"), "{}", refused.body);
-    assert_eq!(
-        accepted.body["job_id"],
-        job_id.to_string(),
-        "{}",
-        accepted.body
-    );
-    assert_eq!(accepted.body["status"], "queued", "{}", accepted.body);
-
+    redrive_twice_at_once(&sys, &admin, job_id).await;
     let job = sys.wait_job(&admin, job_id).await;
     assert_eq!(
         job["status"], "succeeded",
@@ -221,7 +131,7 @@ async fn job_that_cannot_be_applied_is_dead_and_can_be_redriven_once() {
     );
     assert_eq!(job["attempts"], 1, "a redrive resets the attempts: {job}");
     assert_eq!(sys.order(&admin, order).await["payment_status"], "paid");
-
+    let retry_path = format!("/admin/jobs/{job_id}/retry");
     sys.post(&retry_path, Some(&admin), &json!({}))
         .await
         .expect_error(409, Some("not_dead"), "redrive of a job that succeeded");
@@ -249,6 +159,115 @@ async fn job_that_cannot_be_applied_is_dead_and_can_be_redriven_once() {
         "nothing else was parked"
     );
     sys.stop().await;
+}
+
+/// An unreadable job is dead with its error, not retried; its message is parked with a
+/// reason.
+async fn assert_dead_and_parked(sys: &TestSystem, admin: &str, job_id: Uuid) {
+    let job = sys.wait_job(admin, job_id).await;
+    assert_eq!(
+        job["status"], "dead",
+        "an unreadable job is dead, not retried: {job}"
+    );
+    assert!(
+        job["error"]["code"].as_str().is_some_and(|c| !c.is_empty())
+            && job["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+        "a dead job carries its error: {job}"
+    );
+    let parked = take_dead(sys, "the dead job's message").await;
+    assert_eq!(
+        message_id(&parked).as_deref(),
+        Some(job_id.to_string().as_str()),
+        "the parked message is the job's"
+    );
+    let reason = message_header(&parked, "x-reason").unwrap_or_default();
+    assert!(
+        !reason.is_empty(),
+        "the parked message says why: headers {:?}",
+        parked.properties.headers()
+    );
+    for queue in retry_queues(sys) {
+        assert_eq!(
+            sys.broker().queue_depth(&queue).await,
+            0,
+            "a job that cannot be read is not retried ({queue})"
+        );
+    }
+}
+
+/// `GET /admin/jobs?status=dead` lists exactly this job, with its error.
+async fn assert_listed_dead(sys: &TestSystem, admin: &str, job_id: Uuid) {
+    let listed = sys
+        .get("/admin/jobs?status=dead", Some(admin))
+        .await
+        .expect_status(200, "GET /admin/jobs?status=dead")
+        .body;
+    let ids: Vec<&str> = listed["jobs"].as_array().map_or(vec![], |jobs| {
+        jobs.iter().filter_map(|j| j["id"].as_str()).collect()
+    });
+    assert_eq!(
+        ids,
+        vec![job_id.to_string().as_str()],
+        "the dead job is listed: {listed}"
+    );
+    assert!(
+        listed["jobs"][0]["error"].is_object(),
+        "the listing shows the error: {listed}"
+    );
+}
+
+/// Only admins redrive; unknown jobs are 404.
+async fn assert_only_admins_redrive(sys: &TestSystem, admin: &str, customer: &str, job_id: Uuid) {
+    let retry_path = format!("/admin/jobs/{job_id}/retry");
+    for (role, token) in [
+        ("support", sys.token("support", Uuid::new_v4())),
+        ("customer", customer.to_owned()),
+    ] {
+        sys.post(&retry_path, Some(&token), &json!({}))
+            .await
+            .expect_error(403, Some("forbidden_role"), &format!("{role} redrives"));
+    }
+    sys.post(
+        &format!("/admin/jobs/{}/retry", Uuid::new_v4()),
+        Some(admin),
+        &json!({}),
+    )
+    .await
+    .expect_error(404, Some("not_found"), "redrive of an unknown job");
+}
+
+/// Two concurrent redrives: one queues the job (202), the other is refused `not_dead`.
+async fn redrive_twice_at_once(sys: &TestSystem, admin: &str, job_id: Uuid) {
+    let retry_path = format!("/admin/jobs/{job_id}/retry");
+    let empty = json!({});
+    let (first, second) = tokio::join!(
+        sys.post(&retry_path, Some(admin), &empty),
+        sys.post(&retry_path, Some(admin), &empty)
+    );
+    let mut statuses = [first.status.as_u16(), second.status.as_u16()];
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [202, 409],
+        "two concurrent redrives queue the job once: {} / {}",
+        first.body,
+        second.body
+    );
+    let (accepted, refused) = if first.status.as_u16() == 202 {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    assert_eq!(refused.code(), Some("not_dead"), "{}", refused.body);
+    assert_eq!(
+        accepted.body["job_id"],
+        job_id.to_string(),
+        "{}",
+        accepted.body
+    );
+    assert_eq!(accepted.body["status"], "queued", "{}", accepted.body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,11 +4,13 @@
 
 mod harness;
 
+mod authentication;
 mod bulk;
 mod dead_letters;
 mod exactly_once;
 mod faults;
 mod hostile_input;
+mod pagination;
 mod pipeline;
 mod rate_limits;
 mod rejections;

@@ -3,10 +3,11 @@
 //! are limited per client IP. Limits are set low for the test (RATE_PER_ACTOR=5: bursts of
 //! 10; RATE_PER_IP=3: bursts of 6). Nothing waits for a bucket to refill.
 
-use crate::harness::*;
 use serde_json::json;
 use std::time::Instant;
 use uuid::Uuid;
+
+use crate::harness::{Answer, TestSystem, tokens::signed_token};
 
 const LOW_LIMITS: [(&str, &str); 2] = [("RATE_PER_ACTOR", "5"), ("RATE_PER_IP", "3")];
 

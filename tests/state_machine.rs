@@ -3,9 +3,10 @@
 
 use std::collections::BTreeSet;
 
-use crate::harness::*;
 use serde_json::Value;
 use uuid::Uuid;
+
+use crate::harness::TestSystem;
 
 const ACTIONS: [&str; 7] = [
     "mark_paid",

@@ -13,6 +13,7 @@ pub mod answer;
 pub mod broker;
 pub mod chaos;
 pub mod cluster;
+pub mod library;
 pub mod sandbox;
 pub mod sse;
 pub mod supervisor;
@@ -25,7 +26,6 @@ pub use broker::{Broker, message_header, message_id, message_json};
 pub use sandbox::{BrokerUse, Sandbox};
 pub use sse::{SseEvent, SseStream};
 pub use system::{TERMINAL_JOB_STATUSES, TestSystem, uuid_of};
-pub use tokens::{jwt_signed_with, signed_token, unix_now, unsigned_token};
 pub use wait::{EVENT_DEADLINE, JOB_DEADLINE};
 
 /// The base URL a process announces on stdout (`listening on http://ip:port`).
