@@ -5,9 +5,9 @@
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::harness::{EVENT_DEADLINE, SseEvent, SseStream, TestSystem, library, wait};
-
-const SUBSCRIBE: &str = "/orders/events/subscribe";
+use crate::harness::{
+    EVENT_DEADLINE, SseEvent, SseStream, TestSystem, library, sse::SUBSCRIBE, wait,
+};
 
 #[derive(Clone, Copy, Debug)]
 enum Resume {

@@ -5,9 +5,7 @@
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::harness::{Answer, EVENT_DEADLINE, SseEvent, TestSystem};
-
-const SUBSCRIBE: &str = "/orders/events/subscribe";
+use crate::harness::{Answer, EVENT_DEADLINE, SseEvent, TestSystem, sse::SUBSCRIBE};
 
 /// The status change of one order.
 fn change_of(order: Uuid) -> impl Fn(&SseEvent) -> bool {

@@ -5,9 +5,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::{ids_json, n, order_with, orders, read_bulk, staffed, submit_bulk, untracked};
-use crate::harness::{EVENT_DEADLINE, SseEvent, SseStream};
-
-const SUBSCRIBE: &str = "/orders/events/subscribe";
+use crate::harness::{EVENT_DEADLINE, SseEvent, SseStream, sse::SUBSCRIBE};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn progress_events_reach_admin_sse_and_not_customers() {

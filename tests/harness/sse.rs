@@ -10,6 +10,9 @@ use tokio::time::Instant;
 
 use super::EVENT_DEADLINE;
 
+/// The event stream's path.
+pub const SUBSCRIBE: &str = "/orders/events/subscribe";
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct SseEvent {
     pub id: Option<String>,

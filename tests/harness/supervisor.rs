@@ -70,7 +70,6 @@ pub enum Ending {
 pub struct Life {
     pub generation: u32,
     pub spawned_at: Instant,
-    pub listening_at: Option<Instant>,
     pub lines: Vec<LogLine>,
     pub warnings: usize,
     pub errors: usize,
@@ -78,6 +77,31 @@ pub struct Life {
 }
 
 impl Life {
+    /// Counts a stderr line's level, and returns the line if it is worth keeping in memory.
+    fn read(&mut self, line: &str, at: Instant) -> Option<LogLine> {
+        let Ok(fields) = serde_json::from_str::<Value>(line) else {
+            // Not JSON: the crash hook prints before it aborts.
+            return line.contains(CRASH_HOOK_LINE).then(|| LogLine {
+                at,
+                message: CRASH_HOOK_LINE.to_owned(),
+                fields: Value::String(line.to_owned()),
+            });
+        };
+        match fields["level"].as_str().unwrap_or_default() {
+            "WARN" => self.warnings += 1,
+            "ERROR" => self.errors += 1,
+            _ => {}
+        }
+        let message = fields["message"].as_str().unwrap_or_default().to_owned();
+        KEPT_MESSAGES
+            .contains(&message.as_str())
+            .then_some(LogLine {
+                at,
+                message,
+                fields,
+            })
+    }
+
     /// The first kept line with `message` read after `after`.
     pub fn first_after(&self, message: &str, after: Instant) -> Option<&LogLine> {
         self.lines
@@ -256,7 +280,6 @@ impl Launch {
             lives.push(Life {
                 generation,
                 spawned_at: Instant::now(),
-                listening_at: None,
                 lines: Vec::new(),
                 warnings: 0,
                 errors: 0,
@@ -266,14 +289,12 @@ impl Launch {
         };
 
         let stdout = child.stdout.take().expect("stdout is piped");
-        let (out_log, out_lives, out_url) = (log.clone(), lives.clone(), url_tx.clone());
+        let (out_log, out_url) = (log.clone(), url_tx.clone());
         let stdout_task = tokio::spawn(async move {
             let mut lines = BufReader::new(stdout).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 log_line(&out_log, &format!("[stdout] {line}"));
                 if let Some(url) = listening_url(&line) {
-                    out_lives.lock().expect("lives lock")[index].listening_at =
-                        Some(Instant::now());
                     out_url.send_replace(Some(url));
                 }
             }
@@ -286,35 +307,10 @@ impl Launch {
             while let Ok(Some(line)) = lines.next_line().await {
                 let at = Instant::now();
                 log_line(&err_log, &line);
-                let kept = match serde_json::from_str::<Value>(&line) {
-                    Ok(fields) => {
-                        let level = fields["level"].as_str().unwrap_or_default().to_owned();
-                        let message = fields["message"].as_str().unwrap_or_default().to_owned();
-                        let mut lives = err_lives.lock().expect("lives lock");
-                        match level.as_str() {
-                            "WARN" => lives[index].warnings += 1,
-                            "ERROR" => lives[index].errors += 1,
-                            _ => {}
-                        }
-                        KEPT_MESSAGES
-                            .contains(&message.as_str())
-                            .then_some(LogLine {
-                                at,
-                                message,
-                                fields,
-                            })
-                    }
-                    Err(_) if line.contains(CRASH_HOOK_LINE) => Some(LogLine {
-                        at,
-                        message: CRASH_HOOK_LINE.to_owned(),
-                        fields: Value::String(line.clone()),
-                    }),
-                    Err(_) => None,
-                };
-                if let Some(kept) = kept {
-                    err_lives.lock().expect("lives lock")[index]
-                        .lines
-                        .push(kept);
+                let mut lives = err_lives.lock().expect("lives lock");
+                let life = &mut lives[index];
+                if let Some(kept) = life.read(&line, at) {
+                    life.lines.push(kept);
                 }
             }
         });
@@ -322,11 +318,30 @@ impl Launch {
     }
 }
 
+/// Runs one process, life after life, until told to stop.
+struct Supervisor {
+    launch: Launch,
+    lives: Arc<Mutex<Vec<Life>>>,
+    url_tx: watch::Sender<Option<String>>,
+    cmds: mpsc::UnboundedReceiver<Cmd>,
+    log: Log,
+}
+
+/// What the supervisor does once a life ended.
+enum After {
+    Respawn,
+    /// It died on its own: respawning at once could spin.
+    PauseAndRespawn,
+    /// Killed and held down until told to start again.
+    Hold,
+    Stop,
+}
+
 async fn supervise(
     launch: Launch,
     lives: Arc<Mutex<Vec<Life>>>,
     url_tx: watch::Sender<Option<String>>,
-    mut cmds: mpsc::UnboundedReceiver<Cmd>,
+    cmds: mpsc::UnboundedReceiver<Cmd>,
 ) {
     let file = OpenOptions::new()
         .create(true)
@@ -334,10 +349,38 @@ async fn supervise(
         .open(&launch.log_path)
         .unwrap_or_else(|e| panic!("opening {}: {e}", launch.log_path.display()));
     let log: Log = Arc::new(Mutex::new(LineWriter::new(file)));
+    let mut supervisor = Supervisor {
+        launch,
+        lives,
+        url_tx,
+        cmds,
+        log,
+    };
     let mut generation = 0;
     loop {
         generation += 1;
-        let (mut child, readers) = launch.spawn(generation, &log, &lives, &url_tx);
+        let (child, readers) = supervisor.launch.spawn(
+            generation,
+            &supervisor.log,
+            &supervisor.lives,
+            &supervisor.url_tx,
+        );
+        match supervisor.watch(child, readers).await {
+            After::Respawn => {}
+            After::PauseAndRespawn => tokio::time::sleep(Duration::from_millis(500)).await,
+            After::Hold => {
+                if !supervisor.hold_down().await {
+                    return;
+                }
+            }
+            After::Stop => return,
+        }
+    }
+}
+
+impl Supervisor {
+    /// Waits until the process dies or a command ends it; records how this life ended.
+    async fn watch(&mut self, mut child: Child, readers: Vec<JoinHandle<()>>) -> After {
         enum Next {
             Exited(std::io::Result<std::process::ExitStatus>),
             Command(Option<Cmd>),
@@ -345,90 +388,88 @@ async fn supervise(
         let next = loop {
             tokio::select! {
                 status = child.wait() => break Next::Exited(status),
-                cmd = cmds.recv() => match cmd {
+                cmd = self.cmds.recv() => match cmd {
                     // Already running.
                     Some(Cmd::Start) => continue,
                     other => break Next::Command(other),
                 },
             }
         };
-        let (ending, at, then) = match next {
+        let at = Instant::now();
+        let cmd = match next {
             Next::Exited(status) => {
-                let at = Instant::now();
-                url_tx.send_replace(None);
-                // Read what it printed last (the crash hook's line).
-                for reader in readers {
-                    let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
+                self.down(readers).await;
+                if self.crash_hooked() {
+                    self.record_end(at, Ending::CrashHook);
+                    return After::Respawn;
                 }
-                let hooked = lives
-                    .lock()
-                    .expect("lives lock")
-                    .last()
-                    .is_some_and(|life| life.lines.iter().any(|l| l.message == CRASH_HOOK_LINE));
-                let ending = if hooked {
-                    Ending::CrashHook
-                } else {
-                    Ending::Exited(format!("{status:?}"))
-                };
-                (ending, at, None)
+                self.record_end(at, Ending::Exited(format!("{status:?}")));
+                return After::PauseAndRespawn;
             }
-            Next::Command(cmd) => {
-                let at = Instant::now();
-                let _ = child.start_kill();
-                let _ = child.wait().await;
-                url_tx.send_replace(None);
-                for reader in readers {
-                    let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
-                }
-                match cmd {
-                    Some(Cmd::Kill { hold, ack }) => (Ending::Killed, at, Some((hold, ack))),
-                    Some(Cmd::Start) => unreachable!("handled while running"),
-                    Some(Cmd::Stop(ack)) => {
-                        record_end(&lives, &log, &launch.name, at, Ending::Stopped);
-                        let _ = ack.send(());
-                        return;
-                    }
-                    None => {
-                        record_end(&lives, &log, &launch.name, at, Ending::Stopped);
-                        return;
-                    }
-                }
-            }
+            Next::Command(cmd) => cmd,
         };
-        let unexpected = matches!(ending, Ending::Exited(_));
-        record_end(&lives, &log, &launch.name, at, ending);
-        match then {
-            Some((hold, ack)) => {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        self.down(readers).await;
+        match cmd {
+            Some(Cmd::Kill { hold, ack }) => {
+                self.record_end(at, Ending::Killed);
                 let _ = ack.send(at);
-                if hold {
-                    // Down until told to start again (or to stop).
-                    loop {
-                        match cmds.recv().await {
-                            Some(Cmd::Start) => break,
-                            Some(Cmd::Kill { ack, .. }) => {
-                                let _ = ack.send(Instant::now());
-                            }
-                            Some(Cmd::Stop(ack)) => {
-                                let _ = ack.send(());
-                                return;
-                            }
-                            None => return,
-                        }
-                    }
-                }
+                if hold { After::Hold } else { After::Respawn }
             }
-            None if unexpected => {
-                // A process dying on its own at once would otherwise spin.
-                tokio::time::sleep(Duration::from_millis(500)).await;
+            Some(Cmd::Start) => unreachable!("handled while running"),
+            Some(Cmd::Stop(ack)) => {
+                self.record_end(at, Ending::Stopped);
+                let _ = ack.send(());
+                After::Stop
             }
-            None => {}
+            None => {
+                self.record_end(at, Ending::Stopped);
+                After::Stop
+            }
         }
     }
-}
 
-fn record_end(lives: &Arc<Mutex<Vec<Life>>>, log: &Log, name: &str, at: Instant, ending: Ending) {
-    log_line(log, &format!("===== {name} ended: {ending:?} ====="));
-    if let Some(life) = lives.lock().expect("lives lock").last_mut() {
-        life.ended = Some((at, ending));
+    /// The process is gone: no URL, and its last output read (the crash hook's line).
+    async fn down(&self, readers: Vec<JoinHandle<()>>) {
+        self.url_tx.send_replace(None);
+        for reader in readers {
+            let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
+        }
+    }
+
+    fn crash_hooked(&self) -> bool {
+        self.lives
+            .lock()
+            .expect("lives lock")
+            .last()
+            .is_some_and(|life| life.lines.iter().any(|l| l.message == CRASH_HOOK_LINE))
+    }
+
+    /// Down until told to start again (true) or to stop (false).
+    async fn hold_down(&mut self) -> bool {
+        loop {
+            match self.cmds.recv().await {
+                Some(Cmd::Start) => return true,
+                Some(Cmd::Kill { ack, .. }) => {
+                    let _ = ack.send(Instant::now());
+                }
+                Some(Cmd::Stop(ack)) => {
+                    let _ = ack.send(());
+                    return false;
+                }
+                None => return false,
+            }
+        }
+    }
+
+    fn record_end(&self, at: Instant, ending: Ending) {
+        log_line(
+            &self.log,
+            &format!("===== {} ended: {ending:?} =====", self.launch.name),
+        );
+        if let Some(life) = self.lives.lock().expect("lives lock").last_mut() {
+            life.ended = Some((at, ending));
+        }
     }
 }

@@ -25,10 +25,8 @@ use crate::harness::{
     SseEvent,
     broker::{message_header, message_id},
     cluster::Cluster,
-    sse::SseParser,
+    sse::{SUBSCRIBE, SseParser},
 };
-
-const SUBSCRIBE: &str = "/orders/events/subscribe";
 
 /// One delivery on the downstream queue.
 pub struct Got {
