@@ -73,7 +73,7 @@ async fn no_job_lost_or_applied_twice_under_crashes_and_restarts() {
     cluster.clean().await;
 }
 
-/// 1. A 202 means the job reaches exactly one terminal state.
+/// Guarantee 1: A 202 means the job reaches exactly one terminal state.
 fn assert_every_accepted_job_reached_one_terminal_state(ev: &Evidence) {
     let (db, accepted) = (&ev.db, ev.accepted.len() as i64);
     assert!(
@@ -94,7 +94,7 @@ fn assert_every_accepted_job_reached_one_terminal_state(ev: &Evidence) {
     );
 }
 
-/// 2. A job's effect is applied at most once.
+/// Guarantee 2: A job's effect is applied at most once.
 fn assert_no_job_took_effect_twice(ev: &Evidence) {
     let (db, clients) = (&ev.db, &ev.clients);
     assert_eq!(
@@ -117,7 +117,7 @@ fn assert_no_job_took_effect_twice(ev: &Evidence) {
     );
 }
 
-/// 3. Every committed change has exactly one history row and one outbox row.
+/// Guarantee 3: Every committed change has exactly one history row and one outbox row.
 fn assert_every_committed_change_recorded_once(ev: &Evidence) {
     let (db, outbox) = (&ev.db, &ev.db.outbox);
     let succeeded = db.count_of("succeeded");
@@ -137,7 +137,7 @@ fn assert_every_committed_change_recorded_once(ev: &Evidence) {
     );
 }
 
-/// 4. Every outbox row is published, gap-free seqs, per order in commit order — and the
+/// Guarantee 4: Every outbox row is published, gap-free seqs, per order in commit order — and the
 /// downstream consumer saw each, per order in history order.
 fn assert_every_change_published_gap_free_in_history_order(ev: &Evidence) {
     let outbox = &ev.db.outbox;
@@ -176,7 +176,7 @@ fn assert_every_change_published_gap_free_in_history_order(ev: &Evidence) {
     );
 }
 
-/// 5. A client resuming with Last-Event-ID sees every event, in order, once.
+/// Guarantee 5: A client resuming with Last-Event-ID sees every event, in order, once.
 fn assert_resumed_sse_client_saw_every_event_once_in_order(ev: &Evidence) {
     let stream = &ev.stream;
     assert!(

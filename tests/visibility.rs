@@ -267,7 +267,7 @@ async fn changes_tell_nothing(
     ] {
         let t = sys.change_status(btok, order_a, &body, &headers).await;
         let m = sys
-            .change_status(&btok, missing_order, &body, &headers)
+            .change_status(btok, missing_order, &body, &headers)
             .await;
         if t.status.as_u16() != status {
             failures.push(format!(
