@@ -20,13 +20,36 @@ fn is_status_change(event: &SseEvent) -> bool {
     event.kind() == "order.status_changed"
 }
 
-/// One change of the walk and what every record of it must say.
-struct Change {
+/// One step of the walk and what every record of it must say.
+struct Step {
     action: &'static str,
+    reason: &'static str,
     from: &'static str,
     to: &'static str,
-    reason: &'static str,
     version: i64,
+}
+
+/// mark_paid: payment changes, status does not.
+const MARK_PAID: Step = Step {
+    action: "mark_paid",
+    reason: "wire transfer received",
+    from: "pending",
+    to: "pending",
+    version: 2,
+};
+
+/// confirm: status changes.
+const CONFIRM: Step = Step {
+    action: "confirm",
+    reason: "stock checked",
+    from: "pending",
+    to: "confirmed",
+    version: 3,
+};
+
+/// A step as it happened: by which job.
+struct Change<'a> {
+    step: &'a Step,
     job: Uuid,
 }
 
@@ -53,18 +76,9 @@ async fn paid_and_confirmed_order_is_audited_published_and_streamed() {
         .sse_connect("/orders/events/subscribe", Some(&ctok), None)
         .await;
 
-    // mark_paid: payment changes, status does not. confirm: status changes.
-    let (paid, before_paid) = change_and_stream(
-        &sys,
-        &atok,
-        &mut stream,
-        &who,
-        "mark_paid",
-        "wire transfer received",
-    )
-    .await;
+    let (paid, before_paid) = change_and_stream(&sys, &atok, &mut stream, &who, &MARK_PAID).await;
     let (confirmed, before_confirm) =
-        change_and_stream(&sys, &atok, &mut stream, &who, "confirm", "stock checked").await;
+        change_and_stream(&sys, &atok, &mut stream, &who, &CONFIRM).await;
 
     // The customer's stream: at most its own order.created first, then both changes, in order.
     let (paid_event, skipped) = before_paid.split_last().unwrap();
@@ -82,20 +96,7 @@ async fn paid_and_confirmed_order_is_audited_published_and_streamed() {
         "exactly one event between mark_paid and confirm: {before_confirm:#?}"
     );
     let confirm_event = &before_confirm[0];
-    let changes = [
-        Change {
-            from: "pending",
-            to: "pending",
-            version: 2,
-            ..paid
-        },
-        Change {
-            from: "pending",
-            to: "confirmed",
-            version: 3,
-            ..confirmed
-        },
-    ];
+    let changes = [paid, confirmed];
     assert_status_event(paid_event, &changes[0], &who);
     assert_status_event(confirm_event, &changes[1], &who);
     assert!(
@@ -117,19 +118,18 @@ async fn paid_and_confirmed_order_is_audited_published_and_streamed() {
     sys.stop().await;
 }
 
-/// Submits `action` as the admin, and reads the customer's stream up to its status change;
-/// waits for the job's success. Returns the change (statuses and version to be filled in)
-/// and the events read.
-async fn change_and_stream(
+/// Submits the step as the admin, and reads the customer's stream up to its status change;
+/// waits for the job's success. Returns the change and the events read.
+async fn change_and_stream<'a>(
     sys: &TestSystem,
     atok: &str,
     stream: &mut SseStream,
     who: &Parties,
-    action: &'static str,
-    reason: &'static str,
-) -> (Change, Vec<SseEvent>) {
+    step: &'a Step,
+) -> (Change<'a>, Vec<SseEvent>) {
+    let action = step.action;
     let sent = Instant::now();
-    let body = json!({"action": action, "reason": reason});
+    let body = json!({"action": action, "reason": step.reason});
     let job = sys.submit(atok, who.order, &body).await;
     let seen = stream.collect_until(is_status_change, EVENT_DEADLINE).await;
     eprintln!(
@@ -139,19 +139,11 @@ async fn change_and_stream(
     let settled = sys.wait_job(atok, job).await;
     assert_eq!(settled["status"], "succeeded", "{action} job: {settled}");
     assert_eq!(settled["order_id"], who.order.to_string(), "job: {settled}");
-    let change = Change {
-        action,
-        from: "",
-        to: "",
-        reason,
-        version: 0,
-        job,
-    };
-    (change, seen)
+    (Change { step, job }, seen)
 }
 
 /// The SSE event of a change: its type, its seq as its id, and every field of the change.
-fn assert_status_event(event: &SseEvent, change: &Change, who: &Parties) {
+fn assert_status_event(event: &SseEvent, change: &Change<'_>, who: &Parties) {
     let data = event.json();
     assert_eq!(event.kind(), "order.status_changed", "{event:?}");
     assert_eq!(data["type"], "order.status_changed", "{data}");
@@ -162,20 +154,20 @@ fn assert_status_event(event: &SseEvent, change: &Change, who: &Parties) {
     );
     assert_eq!(data["order_id"], who.order.to_string(), "{data}");
     assert_eq!(data["customer_id"], who.customer.to_string(), "{data}");
-    assert_eq!(data["action"], change.action, "{data}");
+    assert_eq!(data["action"], change.step.action, "{data}");
     assert_eq!(
         (&data["from"], &data["to"]),
-        (&json!(change.from), &json!(change.to)),
+        (&json!(change.step.from), &json!(change.step.to)),
         "{data}"
     );
     assert_eq!(data["payment_status"], "paid", "{data}");
-    assert_eq!(data["version"], change.version, "{data}");
+    assert_eq!(data["version"], change.step.version, "{data}");
     assert_eq!(
         data["actor"],
         json!({"id": who.admin.to_string(), "role": "admin"}),
         "{data}"
     );
-    assert_eq!(data["reason"], change.reason, "{data}");
+    assert_eq!(data["reason"], change.step.reason, "{data}");
     assert_eq!(data["job_id"], change.job.to_string(), "{data}");
 }
 
@@ -224,7 +216,7 @@ async fn assert_audited(
     ctok: &str,
     atok: &str,
     who: &Parties,
-    changes: &[Change; 2],
+    changes: &[Change<'_>; 2],
 ) {
     let history = sys.history(atok, who.order).await;
     assert_eq!(
@@ -243,10 +235,10 @@ async fn assert_audited(
         "{create}"
     );
     for (row, change) in history[1..].iter().zip(changes) {
-        assert_eq!(row["action"], change.action, "{row}");
+        assert_eq!(row["action"], change.step.action, "{row}");
         assert_eq!(
             (&row["from"], &row["to"]),
-            (&json!(change.from), &json!(change.to)),
+            (&json!(change.step.from), &json!(change.step.to)),
             "{row}"
         );
         assert_eq!(
@@ -254,10 +246,10 @@ async fn assert_audited(
             json!({"id": who.admin.to_string(), "role": "admin"}),
             "{row}"
         );
-        assert_eq!(row["reason"], change.reason, "{row}");
+        assert_eq!(row["reason"], change.step.reason, "{row}");
         assert_eq!(row["job_id"], change.job.to_string(), "{row}");
         assert!(row["bulk_id"].is_null(), "{row}");
-        assert_eq!(row["version"], change.version, "{row}");
+        assert_eq!(row["version"], change.step.version, "{row}");
         assert!(row["at"].is_string(), "{row}");
     }
     assert_eq!(

@@ -2,12 +2,15 @@
 //! fresh database and broker namespace (a [`Sandbox`]) and observes them from outside, the
 //! way clients see them: HTTP, AMQP, SSE, and the database rows the guarantees are about.
 //!
+//! - [`sandbox`]: a fresh database and broker namespace, removed afterwards;
 //! - [`system`]: one `orderflow all` process and a client of its API;
-//! - [`cluster`]: every role as its own supervised process, for fault injection;
+//! - [`cluster`] and [`supervisor`]: every role as its own supervised process, for fault
+//!   injection;
 //! - [`chaos`]: the load, the observers, the faults and the evidence of the fault suite;
 //! - [`tokens`], [`sse`], [`broker`], [`answer`]: the clients' tools, each written once;
 //! - [`wait`]: every wait is for a condition, with a deadline, and fails loudly with what
-//!   it saw last.
+//!   it saw last;
+//! - [`library`]: the only calls into the orderflow library itself.
 
 pub mod answer;
 pub mod broker;
