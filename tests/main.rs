@@ -1,6 +1,8 @@
 //! The end-to-end suite: the real binaries against real PostgreSQL and RabbitMQ, observed
-//! from outside over HTTP, AMQP and SSE. One test binary: the [`harness`] is compiled once
-//! and every item of it is used by some test below. Each module is one guarantee or feature.
+//! from outside over HTTP, AMQP and SSE. One test binary (`cargo test --test integration
+//! [filter]`): the [`harness`] is compiled and linked once, and every item of it is used by
+//! some test below. Each module is one guarantee or feature. Tests run in parallel, each in
+//! its own sandbox; the fault suite, which stops RabbitMQ, holds the broker alone.
 
 mod harness;
 
