@@ -3,27 +3,28 @@
 //! cannot be applied ends `dead` with its error and its message parked, and an admin can
 //! redrive it — once; business rejections are outcomes, never retried or parked.
 
-mod common;
+use std::time::Duration;
 
-use common::*;
 use lapin::message::Delivery;
 use serde_json::json;
-use std::time::Duration;
 use uuid::Uuid;
 
+use crate::harness::{JOB_DEADLINE, TestSystem, message_header, message_id};
+
 fn dead_queue(sys: &TestSystem) -> String {
-    format!("{}orderflow.jobs.dead", sys.ns)
+    sys.broker().name("orderflow.jobs.dead")
 }
 
 /// The delay queues of the default retry policy (JOB_MAX_ATTEMPTS=5: steps 1 to 4).
 fn retry_queues(sys: &TestSystem) -> Vec<String> {
     (1..=4)
-        .map(|n| format!("{}orderflow.jobs.retry.{n}", sys.ns))
+        .map(|n| sys.broker().name(&format!("orderflow.jobs.retry.{n}")))
         .collect()
 }
 
 async fn take_dead(sys: &TestSystem, what: &str) -> Delivery {
-    sys.take_message_within(&dead_queue(sys), JOB_DEADLINE)
+    sys.broker()
+        .take_message_within(&dead_queue(sys), JOB_DEADLINE)
         .await
         .unwrap_or_else(|| {
             panic!(
@@ -52,7 +53,7 @@ async fn unparseable_job_message_is_parked_with_its_reason() {
         b"[]",
     ];
     for body in poison {
-        sys.publish_raw_job_message(body).await;
+        sys.broker().publish_raw_job_message(body).await;
     }
 
     // The queue keeps flowing: a real change behind the poison is applied.
@@ -78,12 +79,12 @@ async fn unparseable_job_message_is_parked_with_its_reason() {
     );
 
     assert_eq!(
-        sys.queue_depth(&dead_queue(&sys)).await,
+        sys.broker().queue_depth(&dead_queue(&sys)).await,
         0,
         "only the poison was parked"
     );
     assert_eq!(
-        sys.queue_depth(&sys.jobs_queue()).await,
+        sys.broker().queue_depth(&sys.broker().jobs_queue()).await,
         0,
         "the work queue is drained"
     );
@@ -110,9 +111,60 @@ async fn job_that_cannot_be_applied_is_dead_and_can_be_redriven_once() {
     .execute(sys.db())
     .await
     .expect("inserting an unreadable job");
-    sys.publish_job_message(job_id).await;
+    sys.broker().publish_job_message(job_id).await;
+    assert_dead_and_parked(&sys, &admin, job_id).await;
+    assert_listed_dead(&sys, &admin, job_id).await;
 
+    assert_only_admins_redrive(&sys, &admin, &customer, job_id).await;
+
+    // The operator fixes what made it unreadable, then redrives it — twice at once.
+    sqlx::query(r#"update jobs set payload = '{"action": "mark_paid"}'::jsonb where id = $1"#)
+        .bind(job_id)
+        .execute(sys.db())
+        .await
+        .expect("fixing the payload");
+    redrive_twice_at_once(&sys, &admin, job_id).await;
     let job = sys.wait_job(&admin, job_id).await;
+    assert_eq!(
+        job["status"], "succeeded",
+        "the redriven job applies: {job}"
+    );
+    assert_eq!(job["attempts"], 1, "a redrive resets the attempts: {job}");
+    assert_eq!(sys.order(&admin, order).await["payment_status"], "paid");
+    let retry_path = format!("/admin/jobs/{job_id}/retry");
+    sys.post(&retry_path, Some(&admin), &json!({}))
+        .await
+        .expect_error(409, Some("not_dead"), "redrive of a job that succeeded");
+
+    // Someone shovels the parked copy back into the work queue: nothing applies twice.
+    sys.broker().publish_job_message(job_id).await;
+    barrier(&sys, &admin).await;
+    let history = sys.history(&admin, order).await;
+    let paid = history
+        .iter()
+        .filter(|h| h["action"] == "mark_paid")
+        .count();
+    assert_eq!(
+        paid, 1,
+        "exactly one mark_paid in the history: {history:#?}"
+    );
+    assert_eq!(
+        sys.wait_job(&admin, job_id).await["attempts"],
+        1,
+        "the duplicate did not claim the job again"
+    );
+    assert_eq!(
+        sys.broker().queue_depth(&dead_queue(&sys)).await,
+        0,
+        "nothing else was parked"
+    );
+    sys.stop().await;
+}
+
+/// An unreadable job is dead with its error, not retried; its message is parked with a
+/// reason.
+async fn assert_dead_and_parked(sys: &TestSystem, admin: &str, job_id: Uuid) {
+    let job = sys.wait_job(admin, job_id).await;
     assert_eq!(
         job["status"], "dead",
         "an unreadable job is dead, not retried: {job}"
@@ -124,8 +176,7 @@ async fn job_that_cannot_be_applied_is_dead_and_can_be_redriven_once() {
                 .is_some_and(|m| !m.is_empty()),
         "a dead job carries its error: {job}"
     );
-
-    let parked = take_dead(&sys, "the dead job's message").await;
+    let parked = take_dead(sys, "the dead job's message").await;
     assert_eq!(
         message_id(&parked).as_deref(),
         Some(job_id.to_string().as_str()),
@@ -137,16 +188,19 @@ async fn job_that_cannot_be_applied_is_dead_and_can_be_redriven_once() {
         "the parked message says why: headers {:?}",
         parked.properties.headers()
     );
-    for queue in retry_queues(&sys) {
+    for queue in retry_queues(sys) {
         assert_eq!(
-            sys.queue_depth(&queue).await,
+            sys.broker().queue_depth(&queue).await,
             0,
             "a job that cannot be read is not retried ({queue})"
         );
     }
+}
 
+/// `GET /admin/jobs?status=dead` lists exactly this job, with its error.
+async fn assert_listed_dead(sys: &TestSystem, admin: &str, job_id: Uuid) {
     let listed = sys
-        .get("/admin/jobs?status=dead", Some(&admin))
+        .get("/admin/jobs?status=dead", Some(admin))
         .await
         .expect_status(200, "GET /admin/jobs?status=dead")
         .body;
@@ -162,12 +216,14 @@ async fn job_that_cannot_be_applied_is_dead_and_can_be_redriven_once() {
         listed["jobs"][0]["error"].is_object(),
         "the listing shows the error: {listed}"
     );
+}
 
-    // Only admins redrive; unknown jobs are 404.
+/// Only admins redrive; unknown jobs are 404.
+async fn assert_only_admins_redrive(sys: &TestSystem, admin: &str, customer: &str, job_id: Uuid) {
     let retry_path = format!("/admin/jobs/{job_id}/retry");
     for (role, token) in [
         ("support", sys.token("support", Uuid::new_v4())),
-        ("customer", customer.clone()),
+        ("customer", customer.to_owned()),
     ] {
         sys.post(&retry_path, Some(&token), &json!({}))
             .await
@@ -175,22 +231,20 @@ async fn job_that_cannot_be_applied_is_dead_and_can_be_redriven_once() {
     }
     sys.post(
         &format!("/admin/jobs/{}/retry", Uuid::new_v4()),
-        Some(&admin),
+        Some(admin),
         &json!({}),
     )
     .await
     .expect_error(404, Some("not_found"), "redrive of an unknown job");
+}
 
-    // The operator fixes what made it unreadable, then redrives it — twice at once.
-    sqlx::query(r#"update jobs set payload = '{"action": "mark_paid"}'::jsonb where id = $1"#)
-        .bind(job_id)
-        .execute(sys.db())
-        .await
-        .expect("fixing the payload");
+/// Two concurrent redrives: one queues the job (202), the other is refused `not_dead`.
+async fn redrive_twice_at_once(sys: &TestSystem, admin: &str, job_id: Uuid) {
+    let retry_path = format!("/admin/jobs/{job_id}/retry");
     let empty = json!({});
     let (first, second) = tokio::join!(
-        sys.post(&retry_path, Some(&admin), &empty),
-        sys.post(&retry_path, Some(&admin), &empty)
+        sys.post(&retry_path, Some(admin), &empty),
+        sys.post(&retry_path, Some(admin), &empty)
     );
     let mut statuses = [first.status.as_u16(), second.status.as_u16()];
     statuses.sort();
@@ -214,42 +268,6 @@ async fn job_that_cannot_be_applied_is_dead_and_can_be_redriven_once() {
         accepted.body
     );
     assert_eq!(accepted.body["status"], "queued", "{}", accepted.body);
-
-    let job = sys.wait_job(&admin, job_id).await;
-    assert_eq!(
-        job["status"], "succeeded",
-        "the redriven job applies: {job}"
-    );
-    assert_eq!(job["attempts"], 1, "a redrive resets the attempts: {job}");
-    assert_eq!(sys.order(&admin, order).await["payment_status"], "paid");
-
-    sys.post(&retry_path, Some(&admin), &json!({}))
-        .await
-        .expect_error(409, Some("not_dead"), "redrive of a job that succeeded");
-
-    // Someone shovels the parked copy back into the work queue: nothing applies twice.
-    sys.publish_job_message(job_id).await;
-    barrier(&sys, &admin).await;
-    let history = sys.history(&admin, order).await;
-    let paid = history
-        .iter()
-        .filter(|h| h["action"] == "mark_paid")
-        .count();
-    assert_eq!(
-        paid, 1,
-        "exactly one mark_paid in the history: {history:#?}"
-    );
-    assert_eq!(
-        sys.wait_job(&admin, job_id).await["attempts"],
-        1,
-        "the duplicate did not claim the job again"
-    );
-    assert_eq!(
-        sys.queue_depth(&dead_queue(&sys)).await,
-        0,
-        "nothing else was parked"
-    );
-    sys.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -283,11 +301,11 @@ async fn business_rejections_are_not_retried() {
         (Some("rejected"), Some(1)),
         "{job}"
     );
-    let mut queues = vec![sys.jobs_queue(), dead_queue(&sys)];
+    let mut queues = vec![sys.broker().jobs_queue(), dead_queue(&sys)];
     queues.extend(retry_queues(&sys));
     for queue in queues {
         assert_eq!(
-            sys.queue_depth(&queue).await,
+            sys.broker().queue_depth(&queue).await,
             0,
             "a rejection leaves nothing in {queue}"
         );
@@ -298,7 +316,8 @@ async fn business_rejections_are_not_retried() {
         "the rejected change did not touch the order"
     );
     assert!(
-        sys.take_message_within(&dead_queue(&sys), Duration::from_millis(200))
+        sys.broker()
+            .take_message_within(&dead_queue(&sys), Duration::from_millis(200))
             .await
             .is_none(),
         "nothing was parked"

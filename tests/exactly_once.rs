@@ -1,11 +1,10 @@
 //! A job's effect happens once: redelivered job messages and repeated requests with the
 //! same Idempotency-Key change nothing more.
 
-mod common;
-
-use common::*;
 use serde_json::json;
 use uuid::Uuid;
+
+use crate::harness::{Answer, TestSystem, uuid_of};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_job_delivery_changes_the_order_once() {
@@ -21,8 +20,8 @@ async fn duplicate_job_delivery_changes_the_order_once() {
     let paid_job = uuid_of(&paid, "id");
 
     // The broker redelivers the same message twice (as after a lost ack).
-    sys.publish_job_message(paid_job).await;
-    sys.publish_job_message(paid_job).await;
+    sys.broker().publish_job_message(paid_job).await;
+    sys.broker().publish_job_message(paid_job).await;
 
     // A later job on the same order, queued behind the duplicates, is applied normally.
     let confirm = sys.apply(&atok, order, &json!({"action": "confirm"})).await;
@@ -96,47 +95,24 @@ async fn idempotency_key_repeat_returns_the_first_job() {
     let body = json!({"action": "mark_paid", "reason": "card captured"});
     let key = [("Idempotency-Key", "pay-order-once")];
 
-    let job_of = |answer: &Answer| -> String {
-        answer.body["job_id"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no job_id in {} {}", answer.status, answer.body))
-            .to_owned()
-    };
-
-    let first = Answer::read(sys.change_status(&admin, order, &body, &key).await)
+    let first = sys
+        .change_status(&admin, order, &body, &key)
         .await
         .expect_status(202, "first request with the key");
-    let first_job = job_of(&first);
+    let first_job = uuid_of(&first.body, "job_id");
 
     // The repeat, while the first may still be queued or running.
-    let repeat = Answer::read(sys.change_status(&admin, order, &body, &key).await).await;
-    assert!(
-        matches!(repeat.status.as_u16(), 200 | 202),
-        "repeat: {} {}",
-        repeat.status,
-        repeat.body
-    );
-    assert_eq!(
-        job_of(&repeat),
-        first_job,
-        "the repeat returns the first job"
-    );
-
-    let job = sys.wait_job(&admin, first_job.parse().unwrap()).await;
+    let repeat = sys.change_status(&admin, order, &body, &key).await;
+    assert_returns_job(&repeat, first_job, "the repeat returns the first job");
+    let job = sys.wait_job(&admin, first_job).await;
     assert_eq!(job["status"], "succeeded", "{job}");
 
     // And after it finished.
-    let late = Answer::read(sys.change_status(&admin, order, &body, &key).await).await;
-    assert!(
-        matches!(late.status.as_u16(), 200 | 202),
-        "late repeat: {} {}",
-        late.status,
-        late.body
-    );
-    assert_eq!(
-        job_of(&late),
+    let late = sys.change_status(&admin, order, &body, &key).await;
+    assert_returns_job(
+        &late,
         first_job,
-        "a repeat after completion returns the first job"
+        "a repeat after completion returns the first job",
     );
     assert_eq!(
         sys.jobs_of_order(order).await,
@@ -145,15 +121,16 @@ async fn idempotency_key_repeat_returns_the_first_job() {
     );
 
     // The key is per actor: another admin's request with the same key is its own job.
-    let other = Answer::read(sys.change_status(&other_admin, order, &body, &key).await)
+    let other = sys
+        .change_status(&other_admin, order, &body, &key)
         .await
         .expect_status(202, "another actor, same key");
-    let other_job = job_of(&other);
+    let other_job = uuid_of(&other.body, "job_id");
     assert_ne!(
         other_job, first_job,
         "same key from a different actor is a different job"
     );
-    let job = sys.wait_job(&other_admin, other_job.parse().unwrap()).await;
+    let job = sys.wait_job(&other_admin, other_job).await;
     assert_eq!(
         job["status"], "rejected",
         "mark_paid needs an unpaid order, this one is paid: {job}"
@@ -169,4 +146,15 @@ async fn idempotency_key_repeat_returns_the_first_job() {
     assert_eq!(sys.order(&admin, order).await["version"], 2);
 
     sys.stop().await;
+}
+
+/// A repeat with the key is answered 200 or 202 with the first job.
+fn assert_returns_job(answer: &Answer, first_job: Uuid, what: &str) {
+    assert!(
+        matches!(answer.status.as_u16(), 200 | 202),
+        "{what}: {} {}",
+        answer.status,
+        answer.body
+    );
+    assert_eq!(uuid_of(&answer.body, "job_id"), first_job, "{what}");
 }

@@ -2,19 +2,62 @@
 //! the history, published downstream through the outbox relay and streamed over SSE —
 //! and, per order, every consumer sees the changes in the order the history records them.
 
-mod common;
-
 use std::{
     collections::{BTreeMap, HashSet},
     time::Instant,
 };
 
-use common::*;
+use lapin::message::Delivery;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::harness::{
+    EVENT_DEADLINE, SseEvent, SseStream, TestSystem, broker::Downstream, message_header,
+    message_id, message_json, uuid_of,
+};
+
 fn is_status_change(event: &SseEvent) -> bool {
     event.kind() == "order.status_changed"
+}
+
+/// One step of the walk and what every record of it must say.
+struct Step {
+    action: &'static str,
+    reason: &'static str,
+    from: &'static str,
+    to: &'static str,
+    version: i64,
+}
+
+/// mark_paid: payment changes, status does not.
+const MARK_PAID: Step = Step {
+    action: "mark_paid",
+    reason: "wire transfer received",
+    from: "pending",
+    to: "pending",
+    version: 2,
+};
+
+/// confirm: status changes.
+const CONFIRM: Step = Step {
+    action: "confirm",
+    reason: "stock checked",
+    from: "pending",
+    to: "confirmed",
+    version: 3,
+};
+
+/// A step as it happened: by which job.
+struct Change<'a> {
+    step: &'a Step,
+    job: Uuid,
+}
+
+/// Who did what to which order.
+struct Parties {
+    order: Uuid,
+    customer: Uuid,
+    admin: Uuid,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -22,44 +65,20 @@ async fn paid_and_confirmed_order_is_audited_published_and_streamed() {
     let sys = TestSystem::start().await;
     let (customer, admin) = (Uuid::new_v4(), Uuid::new_v4());
     let (ctok, atok) = (sys.token("customer", customer), sys.token("admin", admin));
-    let order_id = sys.create_simple_order(&ctok).await;
-
-    let mut downstream = sys.downstream_queue("order.status.*").await;
+    let order = sys.create_simple_order(&ctok).await;
+    let who = Parties {
+        order,
+        customer,
+        admin,
+    };
+    let mut downstream = sys.broker().downstream_queue("order.status.*").await;
     let mut stream = sys
         .sse_connect("/orders/events/subscribe", Some(&ctok), None)
         .await;
 
-    // mark_paid: payment changes, status does not.
-    let sent = Instant::now();
-    let paid_job = sys
-        .submit(
-            &atok,
-            order_id,
-            &json!({"action": "mark_paid", "reason": "wire transfer received"}),
-        )
-        .await;
-    let before_paid = stream.collect_until(is_status_change, EVENT_DEADLINE).await;
-    let paid_rtt = sent.elapsed();
-    let job = sys.wait_job(&atok, paid_job).await;
-    assert_eq!(job["status"], "succeeded", "mark_paid job: {job}");
-
-    // confirm: status changes.
-    let sent = Instant::now();
-    let confirm_job = sys
-        .submit(
-            &atok,
-            order_id,
-            &json!({"action": "confirm", "reason": "stock checked"}),
-        )
-        .await;
-    let before_confirm = stream.collect_until(is_status_change, EVENT_DEADLINE).await;
-    let confirm_rtt = sent.elapsed();
-    let job = sys.wait_job(&atok, confirm_job).await;
-    assert_eq!(job["status"], "succeeded", "confirm job: {job}");
-    assert_eq!(job["order_id"], order_id.to_string(), "job: {job}");
-    eprintln!(
-        "round trip POST change-status -> SSE event: mark_paid {paid_rtt:?}, confirm {confirm_rtt:?}"
-    );
+    let (paid, before_paid) = change_and_stream(&sys, &atok, &mut stream, &who, &MARK_PAID).await;
+    let (confirmed, before_confirm) =
+        change_and_stream(&sys, &atok, &mut stream, &who, &CONFIRM).await;
 
     // The customer's stream: at most its own order.created first, then both changes, in order.
     let (paid_event, skipped) = before_paid.split_last().unwrap();
@@ -69,7 +88,7 @@ async fn paid_and_confirmed_order_is_audited_published_and_streamed() {
             "order.created",
             "unexpected event before mark_paid: {event:?}"
         );
-        assert_eq!(event.order_id(), Some(order_id.to_string()), "{event:?}");
+        assert_eq!(event.order_id(), Some(order.to_string()), "{event:?}");
     }
     assert_eq!(
         before_confirm.len(),
@@ -77,111 +96,129 @@ async fn paid_and_confirmed_order_is_audited_published_and_streamed() {
         "exactly one event between mark_paid and confirm: {before_confirm:#?}"
     );
     let confirm_event = &before_confirm[0];
-
-    let paid = paid_event.json();
-    assert_eq!(paid["type"], "order.status_changed", "{paid}");
-    assert_eq!(
-        paid["seq"].as_u64(),
-        Some(paid_event.seq()),
-        "SSE id is the seq: {paid_event:?}"
-    );
-    assert_eq!(paid["order_id"], order_id.to_string(), "{paid}");
-    assert_eq!(paid["customer_id"], customer.to_string(), "{paid}");
-    assert_eq!(paid["action"], "mark_paid", "{paid}");
-    assert_eq!(
-        (&paid["from"], &paid["to"]),
-        (&json!("pending"), &json!("pending")),
-        "{paid}"
-    );
-    assert_eq!(paid["payment_status"], "paid", "{paid}");
-    assert_eq!(paid["version"], 2, "{paid}");
-    assert_eq!(
-        paid["actor"],
-        json!({"id": admin.to_string(), "role": "admin"}),
-        "{paid}"
-    );
-    assert_eq!(paid["reason"], "wire transfer received", "{paid}");
-    assert_eq!(paid["job_id"], paid_job.to_string(), "{paid}");
-
-    let confirmed = confirm_event.json();
-    assert_eq!(
-        confirm_event.kind(),
-        "order.status_changed",
-        "{confirm_event:?}"
-    );
-    assert_eq!(
-        confirmed["seq"].as_u64(),
-        Some(confirm_event.seq()),
-        "{confirm_event:?}"
-    );
+    let changes = [paid, confirmed];
+    assert_status_event(paid_event, &changes[0], &who);
+    assert_status_event(confirm_event, &changes[1], &who);
     assert!(
         confirm_event.seq() > paid_event.seq(),
         "ids increase: {paid_event:?} then {confirm_event:?}"
     );
-    assert_eq!(confirmed["action"], "confirm", "{confirmed}");
-    assert_eq!(
-        (&confirmed["from"], &confirmed["to"]),
-        (&json!("pending"), &json!("confirmed")),
-        "{confirmed}"
-    );
-    assert_eq!(confirmed["payment_status"], "paid", "{confirmed}");
-    assert_eq!(confirmed["version"], 3, "{confirmed}");
-    assert_eq!(
-        confirmed["actor"],
-        json!({"id": admin.to_string(), "role": "admin"}),
-        "{confirmed}"
-    );
-    assert_eq!(confirmed["reason"], "stock checked", "{confirmed}");
-    assert_eq!(confirmed["job_id"], confirm_job.to_string(), "{confirmed}");
 
     // Downstream: both changes, routing key order.status.<to>, message_id = seq.
     let paid_msg = downstream
         .expect_next("order.status.pending (mark_paid)")
         .await;
     let confirm_msg = downstream.expect_next("order.status.confirmed").await;
-    for (msg, key, event) in [
-        (&paid_msg, "order.status.pending", paid_event),
-        (&confirm_msg, "order.status.confirmed", confirm_event),
-    ] {
-        let body = message_json(msg);
-        assert_eq!(msg.routing_key.as_str(), key, "routing key of {body}");
-        assert_eq!(
-            message_id(msg),
-            Some(event.seq().to_string()),
-            "message_id is the seq, the same id the SSE stream used: {body}"
-        );
-        assert_eq!(
-            body,
-            event.json(),
-            "downstream body and SSE data are the same JSON"
-        );
-        let props = &msg.properties;
-        assert_eq!(
-            props.kind().as_ref().map(|s| s.as_str()),
-            Some("order.status_changed"),
-            "type property"
-        );
-        assert_eq!(
-            props.content_type().as_ref().map(|s| s.as_str()),
-            Some("application/json"),
-            "content_type"
-        );
-        assert_eq!(*props.delivery_mode(), Some(2), "persistent");
-        assert_eq!(
-            message_header(msg, "order_id"),
-            Some(order_id.to_string()),
-            "order_id header"
-        );
-        assert_eq!(
-            message_header(msg, "customer_id"),
-            Some(customer.to_string()),
-            "customer_id header"
-        );
-    }
+    assert_published(&paid_msg, "order.status.pending", paid_event, &who);
+    assert_published(&confirm_msg, "order.status.confirmed", confirm_event, &who);
     assert_eq!(message_json(&confirm_msg)["to"], "confirmed");
 
-    // The audit: creation, then both changes with who, why and which job.
-    let history = sys.history(&atok, order_id).await;
+    assert_audited(&sys, &ctok, &atok, &who, &changes).await;
+    assert_order_confirmed_at_version_3(&sys, &ctok, order).await;
+    sys.stop().await;
+}
+
+/// Submits the step as the admin, and reads the customer's stream up to its status change;
+/// waits for the job's success. Returns the change and the events read.
+async fn change_and_stream<'a>(
+    sys: &TestSystem,
+    atok: &str,
+    stream: &mut SseStream,
+    who: &Parties,
+    step: &'a Step,
+) -> (Change<'a>, Vec<SseEvent>) {
+    let action = step.action;
+    let sent = Instant::now();
+    let body = json!({"action": action, "reason": step.reason});
+    let job = sys.submit(atok, who.order, &body).await;
+    let seen = stream.collect_until(is_status_change, EVENT_DEADLINE).await;
+    eprintln!(
+        "round trip POST change-status -> SSE event: {action} {:?}",
+        sent.elapsed()
+    );
+    let settled = sys.wait_job(atok, job).await;
+    assert_eq!(settled["status"], "succeeded", "{action} job: {settled}");
+    assert_eq!(settled["order_id"], who.order.to_string(), "job: {settled}");
+    (Change { step, job }, seen)
+}
+
+/// The SSE event of a change: its type, its seq as its id, and every field of the change.
+fn assert_status_event(event: &SseEvent, change: &Change<'_>, who: &Parties) {
+    let data = event.json();
+    assert_eq!(event.kind(), "order.status_changed", "{event:?}");
+    assert_eq!(data["type"], "order.status_changed", "{data}");
+    assert_eq!(
+        data["seq"].as_u64(),
+        Some(event.seq()),
+        "SSE id is the seq: {event:?}"
+    );
+    assert_eq!(data["order_id"], who.order.to_string(), "{data}");
+    assert_eq!(data["customer_id"], who.customer.to_string(), "{data}");
+    assert_eq!(data["action"], change.step.action, "{data}");
+    assert_eq!(
+        (&data["from"], &data["to"]),
+        (&json!(change.step.from), &json!(change.step.to)),
+        "{data}"
+    );
+    assert_eq!(data["payment_status"], "paid", "{data}");
+    assert_eq!(data["version"], change.step.version, "{data}");
+    assert_eq!(
+        data["actor"],
+        json!({"id": who.admin.to_string(), "role": "admin"}),
+        "{data}"
+    );
+    assert_eq!(data["reason"], change.step.reason, "{data}");
+    assert_eq!(data["job_id"], change.job.to_string(), "{data}");
+}
+
+/// The downstream message of a change is the SSE event's twin, with its AMQP properties.
+fn assert_published(msg: &Delivery, key: &str, event: &SseEvent, who: &Parties) {
+    let body = message_json(msg);
+    assert_eq!(msg.routing_key.as_str(), key, "routing key of {body}");
+    assert_eq!(
+        message_id(msg),
+        Some(event.seq().to_string()),
+        "message_id is the seq, the same id the SSE stream used: {body}"
+    );
+    assert_eq!(
+        body,
+        event.json(),
+        "downstream body and SSE data are the same JSON"
+    );
+    let props = &msg.properties;
+    assert_eq!(
+        props.kind().as_ref().map(|s| s.as_str()),
+        Some("order.status_changed"),
+        "type property"
+    );
+    assert_eq!(
+        props.content_type().as_ref().map(|s| s.as_str()),
+        Some("application/json"),
+        "content_type"
+    );
+    assert_eq!(*props.delivery_mode(), Some(2), "persistent");
+    assert_eq!(
+        message_header(msg, "order_id"),
+        Some(who.order.to_string()),
+        "order_id header"
+    );
+    assert_eq!(
+        message_header(msg, "customer_id"),
+        Some(who.customer.to_string()),
+        "customer_id header"
+    );
+}
+
+/// The audit: creation, then both changes with who, why and which job; the owner reads the
+/// same; one history row and one outbox row per committed change, nothing else.
+async fn assert_audited(
+    sys: &TestSystem,
+    ctok: &str,
+    atok: &str,
+    who: &Parties,
+    changes: &[Change<'_>; 2],
+) {
+    let history = sys.history(atok, who.order).await;
     assert_eq!(
         history.len(),
         3,
@@ -194,54 +231,51 @@ async fn paid_and_confirmed_order_is_audited_published_and_streamed() {
     assert_eq!(create["version"], 1, "{create}");
     assert_eq!(
         create["actor"],
-        json!({"id": customer.to_string(), "role": "customer"}),
+        json!({"id": who.customer.to_string(), "role": "customer"}),
         "{create}"
     );
-    for (row, action, from, to, reason, job, version) in [
-        (
-            &history[1],
-            "mark_paid",
-            "pending",
-            "pending",
-            "wire transfer received",
-            paid_job,
-            2,
-        ),
-        (
-            &history[2],
-            "confirm",
-            "pending",
-            "confirmed",
-            "stock checked",
-            confirm_job,
-            3,
-        ),
-    ] {
-        assert_eq!(row["action"], action, "{row}");
+    for (row, change) in history[1..].iter().zip(changes) {
+        assert_eq!(row["action"], change.step.action, "{row}");
         assert_eq!(
             (&row["from"], &row["to"]),
-            (&json!(from), &json!(to)),
+            (&json!(change.step.from), &json!(change.step.to)),
             "{row}"
         );
         assert_eq!(
             row["actor"],
-            json!({"id": admin.to_string(), "role": "admin"}),
+            json!({"id": who.admin.to_string(), "role": "admin"}),
             "{row}"
         );
-        assert_eq!(row["reason"], reason, "{row}");
-        assert_eq!(row["job_id"], job.to_string(), "{row}");
+        assert_eq!(row["reason"], change.step.reason, "{row}");
+        assert_eq!(row["job_id"], change.job.to_string(), "{row}");
         assert!(row["bulk_id"].is_null(), "{row}");
-        assert_eq!(row["version"], version, "{row}");
+        assert_eq!(row["version"], change.step.version, "{row}");
         assert!(row["at"].is_string(), "{row}");
     }
     assert_eq!(
-        sys.history(&ctok, order_id).await,
+        sys.history(ctok, who.order).await,
         history,
         "the owner reads the same history"
     );
+    let outbox = sys
+        .count("select count(*) from outbox where order_id = $1", who.order)
+        .await;
+    let audit = sys
+        .count(
+            "select count(*) from order_status_history where order_id = $1",
+            who.order,
+        )
+        .await;
+    assert_eq!(
+        (audit, outbox),
+        (3, 3),
+        "history and outbox rows for create + 2 changes"
+    );
+}
 
+async fn assert_order_confirmed_at_version_3(sys: &TestSystem, ctok: &str, order: Uuid) {
     let order = sys
-        .get(&format!("/orders/{order_id}"), Some(&ctok))
+        .get(&format!("/orders/{order}"), Some(ctok))
         .await
         .expect_status(200, "GET order");
     assert_eq!(order.body["status"], "confirmed", "{}", order.body);
@@ -253,24 +287,6 @@ async fn paid_and_confirmed_order_is_audited_published_and_streamed() {
         "3",
         "ETag is the version: {etag:?}"
     );
-
-    // One history row and one outbox row per committed change, nothing else.
-    let outbox = sys
-        .count("select count(*) from outbox where order_id = $1", order_id)
-        .await;
-    let audit = sys
-        .count(
-            "select count(*) from order_status_history where order_id = $1",
-            order_id,
-        )
-        .await;
-    assert_eq!(
-        (audit, outbox),
-        (3, 3),
-        "history and outbox rows for create + 2 changes"
-    );
-
-    sys.stop().await;
 }
 
 /// (action, version) of an event, with `create` for `order.created`.
@@ -288,62 +304,24 @@ fn event_step(body: &Value) -> (String, i64) {
     )
 }
 
+/// Per order, (action, version) of each step in history order.
+type Steps = BTreeMap<String, Vec<(String, i64)>>;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_per_order_follow_history_order() {
     let sys = TestSystem::start().await;
     let atok = sys.token("admin", Uuid::new_v4());
     // Bound before the first order exists, so this consumer sees every order event.
-    let mut downstream = sys.downstream_queue("order.#").await;
+    let mut downstream = sys.broker().downstream_queue("order.#").await;
 
     let mut orders = Vec::new();
     for _ in 0..3 {
         let ctok = sys.token("customer", Uuid::new_v4());
         orders.push(sys.create_simple_order(&ctok).await);
     }
+    let succeeded = submit_interleaved_steps(&sys, &atok, &orders).await;
 
-    // Interleave the orders' changes and submit them all before waiting for any.
-    let steps = [
-        json!({"action": "mark_paid"}),
-        json!({"action": "confirm"}),
-        json!({"action": "start_processing", "reason": "picked"}),
-        json!({"action": "ship", "tracking_number": "TRACK-1"}),
-    ];
-    let mut jobs = Vec::new();
-    for step in &steps {
-        for &order_id in &orders {
-            jobs.push((
-                order_id,
-                step.clone(),
-                sys.submit(&atok, order_id, step).await,
-            ));
-        }
-    }
-    let mut outcomes = Vec::new();
-    let mut succeeded = 0;
-    for (order_id, step, job_id) in &jobs {
-        let job = sys.wait_job(&atok, *job_id).await;
-        if step["action"] == "mark_paid" {
-            assert_eq!(
-                job["status"], "succeeded",
-                "mark_paid on {order_id} has no reason to fail: {job}"
-            );
-        }
-        if job["status"] == "succeeded" {
-            succeeded += 1;
-        }
-        let (short_id, action) = (
-            order_id.simple().to_string(),
-            step["action"].as_str().unwrap_or_default(),
-        );
-        outcomes.push(format!(
-            "{}…: {action} -> {}",
-            &short_id[24..],
-            job["status"].as_str().unwrap_or("?")
-        ));
-    }
-    eprintln!("job outcomes: {outcomes:?}");
-
-    let mut expected = BTreeMap::new();
+    let mut expected = Steps::new();
     for &order_id in &orders {
         let steps: Vec<(String, i64)> = sys
             .history(&atok, order_id)
@@ -364,8 +342,85 @@ async fn events_per_order_follow_history_order() {
         "one history row per succeeded job: {expected:#?}"
     );
 
-    // Collect until every order has as many events as history rows.
-    let mut seen: BTreeMap<String, Vec<(String, i64)>> = BTreeMap::new();
+    let (seen, ids) = collect_order_events(&mut downstream, &expected).await;
+    assert_eq!(
+        seen, expected,
+        "per order, events in history order (action, version)"
+    );
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "message ids unique and increasing in publish order: {ids:?}"
+    );
+    assert_eq!(
+        ids.iter().collect::<HashSet<_>>().len(),
+        ids.len(),
+        "no duplicates: {ids:?}"
+    );
+
+    // Nothing more was published for these orders: the next event is a new order's creation.
+    let sentinel = sys
+        .create_simple_order(&sys.token("customer", Uuid::new_v4()))
+        .await;
+    let msg = downstream
+        .expect_next("the sentinel order's order.created")
+        .await;
+    let body = message_json(&msg);
+    assert_eq!(
+        (body["type"].as_str(), body["order_id"].as_str()),
+        (Some("order.created"), Some(sentinel.to_string().as_str())),
+        "an extra event was published after the expected ones: {body}"
+    );
+
+    sys.stop().await;
+}
+
+/// Interleaves the orders' changes, submits them all before waiting for any, then waits
+/// for each. Returns how many succeeded (every mark_paid must).
+async fn submit_interleaved_steps(sys: &TestSystem, atok: &str, orders: &[Uuid]) -> usize {
+    let steps = [
+        json!({"action": "mark_paid"}),
+        json!({"action": "confirm"}),
+        json!({"action": "start_processing", "reason": "picked"}),
+        json!({"action": "ship", "tracking_number": "TRACK-1"}),
+    ];
+    let mut jobs = Vec::new();
+    for step in &steps {
+        for &order_id in orders {
+            jobs.push((order_id, step, sys.submit(atok, order_id, step).await));
+        }
+    }
+    let mut outcomes = Vec::new();
+    let mut succeeded = 0;
+    for (order_id, step, job_id) in &jobs {
+        let job = sys.wait_job(atok, *job_id).await;
+        if step["action"] == "mark_paid" {
+            assert_eq!(
+                job["status"], "succeeded",
+                "mark_paid on {order_id} has no reason to fail: {job}"
+            );
+        }
+        if job["status"] == "succeeded" {
+            succeeded += 1;
+        }
+        let (short_id, action) = (
+            order_id.simple().to_string(),
+            step["action"].as_str().unwrap_or_default(),
+        );
+        outcomes.push(format!(
+            "{}…: {action} -> {}",
+            &short_id[24..],
+            job["status"].as_str().unwrap_or("?")
+        ));
+    }
+    eprintln!("job outcomes: {outcomes:?}");
+    succeeded
+}
+
+/// Collects until every order has as many events as history rows; checks each message's
+/// routing key, order_id header and message_id (= seq). Returns the steps seen per order
+/// and the message ids in arrival order.
+async fn collect_order_events(downstream: &mut Downstream, expected: &Steps) -> (Steps, Vec<u64>) {
+    let mut seen = Steps::new();
     let mut ids = Vec::new();
     let total: usize = expected.values().map(Vec::len).sum();
     while ids.len() < total {
@@ -403,36 +458,7 @@ async fn events_per_order_follow_history_order() {
         ids.push(id);
         seen.entry(order).or_default().push(event_step(&body));
     }
-
-    assert_eq!(
-        seen, expected,
-        "per order, events in history order (action, version)"
-    );
-    assert!(
-        ids.windows(2).all(|w| w[0] < w[1]),
-        "message ids unique and increasing in publish order: {ids:?}"
-    );
-    assert_eq!(
-        ids.iter().collect::<HashSet<_>>().len(),
-        ids.len(),
-        "no duplicates: {ids:?}"
-    );
-
-    // Nothing more was published for these orders: the next event is a new order's creation.
-    let sentinel = sys
-        .create_simple_order(&sys.token("customer", Uuid::new_v4()))
-        .await;
-    let msg = downstream
-        .expect_next("the sentinel order's order.created")
-        .await;
-    let body = message_json(&msg);
-    assert_eq!(
-        (body["type"].as_str(), body["order_id"].as_str()),
-        (Some("order.created"), Some(sentinel.to_string().as_str())),
-        "an extra event was published after the expected ones: {body}"
-    );
-
-    sys.stop().await;
+    (seen, ids)
 }
 
 /// The parts of a W3C `traceparent`: (trace id, parent id, flags); panics when malformed.
@@ -459,7 +485,7 @@ async fn the_callers_trace_context_reaches_the_job_and_the_published_event() {
         sys.token("customer", Uuid::new_v4()),
         sys.token("admin", Uuid::new_v4()),
     );
-    let mut downstream = sys.downstream_queue("order.#").await;
+    let mut downstream = sys.broker().downstream_queue("order.#").await;
 
     // No traceparent on the request: the event still carries a (new) valid one.
     let order_id = sys.create_simple_order(&ctok).await;
@@ -479,11 +505,7 @@ async fn the_callers_trace_context_reaches_the_job_and_the_published_event() {
             &[("traceparent", incoming.as_str())],
         )
         .await;
-    assert_eq!(answer.status().as_u16(), 202, "change-status");
-    let job_id = uuid_of(
-        &answer.json::<Value>().await.expect("a JSON body"),
-        "job_id",
-    );
+    let job_id = uuid_of(&answer.expect_status(202, "change-status").body, "job_id");
     let changed = downstream.expect_next("order.status_changed").await;
     assert_eq!(message_json(&changed)["job_id"], job_id.to_string());
     let header = message_header(&changed, "traceparent").expect("a traceparent header");

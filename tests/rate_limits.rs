@@ -3,12 +3,15 @@
 //! are limited per client IP. Limits are set low for the test (RATE_PER_ACTOR=5: bursts of
 //! 10; RATE_PER_IP=3: bursts of 6). Nothing waits for a bucket to refill.
 
-mod common;
+use std::{
+    future::Future,
+    time::{Duration, Instant},
+};
 
-use common::*;
 use serde_json::json;
-use std::time::Instant;
 use uuid::Uuid;
+
+use crate::harness::{Answer, TestSystem, tokens::signed_token};
 
 const LOW_LIMITS: [(&str, &str); 2] = [("RATE_PER_ACTOR", "5"), ("RATE_PER_IP", "3")];
 
@@ -28,8 +31,38 @@ fn expect_rate_limited(answer: Answer, what: &str) {
 }
 
 /// Upper bound of requests a bucket of `burst` refilled at `per_sec` lets through in `elapsed`.
-fn allowed(burst: u32, per_sec: u32, elapsed: std::time::Duration) -> usize {
+fn allowed(burst: u32, per_sec: u32, elapsed: Duration) -> usize {
     (burst as f64 + per_sec as f64 * elapsed.as_secs_f64()).floor() as usize + 1
+}
+
+/// What a flood of requests got: how many got through, the 429 answers, how long it took.
+struct Flood {
+    passed: usize,
+    limited: Vec<Answer>,
+    elapsed: Duration,
+}
+
+/// Sends the `n` requests `request(0..n)` one after the other; each must get through
+/// (`passed`) or be limited (429).
+async fn flood<F>(what: &str, n: usize, passed: u16, mut request: impl FnMut(usize) -> F) -> Flood
+where
+    F: Future<Output = Answer>,
+{
+    let started = Instant::now();
+    let (mut through, mut limited) = (0, Vec::new());
+    for i in 0..n {
+        let answer = request(i).await;
+        match answer.status.as_u16() {
+            429 => limited.push(answer),
+            status if status == passed => through += 1,
+            other => panic!("{what}: unexpected {other} {}", answer.body),
+        }
+    }
+    Flood {
+        passed: through,
+        limited,
+        elapsed: started.elapsed(),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,18 +71,14 @@ async fn actor_over_its_limit_gets_429_while_others_pass() {
     let flooder = sys.token("customer", Uuid::new_v4());
     let bystander = sys.token("customer", Uuid::new_v4());
 
-    let started = Instant::now();
-    let mut ok = 0;
-    let mut limited = Vec::new();
-    for _ in 0..30 {
-        let answer = sys.get("/orders", Some(&flooder)).await;
-        match answer.status.as_u16() {
-            200 => ok += 1,
-            429 => limited.push(answer),
-            other => panic!("flooding GET /orders: unexpected {other} {}", answer.body),
-        }
-    }
-    let elapsed = started.elapsed();
+    let Flood {
+        passed: ok,
+        limited,
+        elapsed,
+    } = flood("flooding GET /orders", 30, 200, |_| {
+        sys.get("/orders", Some(&flooder))
+    })
+    .await;
     // Right after the flood, while the flooder is still over its limit, someone else passes.
     sys.get("/orders", Some(&bystander))
         .await
@@ -83,20 +112,16 @@ async fn limit_follows_the_actor_not_the_token() {
 
     // Two tokens of one subject take from one bucket: together they get no more than one
     // actor's burst plus its rate (separate buckets would let about 10 through each).
-    let started = Instant::now();
-    let mut ok = 0;
-    let mut limited = 0;
-    for n in 0..40 {
-        let answer = sys.get("/orders", Some(&tokens[n % 2])).await;
-        match answer.status.as_u16() {
-            200 => ok += 1,
-            429 => limited += 1,
-            other => panic!("GET /orders: unexpected {other} {}", answer.body),
-        }
-    }
-    let elapsed = started.elapsed();
+    let Flood {
+        passed: ok,
+        limited,
+        elapsed,
+    } = flood("GET /orders", 40, 200, |n| {
+        sys.get("/orders", Some(&tokens[n % 2]))
+    })
+    .await;
     assert!(
-        limited > 0,
+        !limited.is_empty(),
         "40 requests of one actor in {elapsed:?} must hit the limit"
     );
     assert!(
@@ -113,23 +138,22 @@ async fn rate_limited_requests_change_nothing() {
     let token = sys.token("customer", customer);
     let body = json!({"items": [{"sku": "SKU-1", "quantity": 1, "unit_price_cents": 100}]});
 
-    let mut created = 0;
-    let mut limited = 0;
-    for _ in 0..30 {
-        let answer = sys.post("/orders", Some(&token), &body).await;
-        match answer.status.as_u16() {
-            201 => created += 1,
-            429 => {
-                limited += 1;
-                expect_rate_limited(answer, "flooding POST /orders");
-            }
-            other => panic!("flooding POST /orders: unexpected {other} {}", answer.body),
-        }
-    }
+    let Flood {
+        passed: created,
+        limited,
+        ..
+    } = flood("flooding POST /orders", 30, 201, |_| {
+        sys.post("/orders", Some(&token), &body)
+    })
+    .await;
     assert!(
-        limited > 0,
+        !limited.is_empty(),
         "30 quick creations at 5/s must hit the limit ({created} created)"
     );
+    let limited_count = limited.len();
+    for answer in limited {
+        expect_rate_limited(answer, "flooding POST /orders");
+    }
     let rows = sys
         .count(
             "select count(*) from orders where customer_id = $1",
@@ -137,8 +161,8 @@ async fn rate_limited_requests_change_nothing() {
         )
         .await;
     assert_eq!(
-        rows, created,
-        "only the admitted requests created orders ({limited} were limited)"
+        rows, created as i64,
+        "only the admitted requests created orders ({limited_count} were limited)"
     );
     sys.stop().await;
 }
@@ -150,22 +174,14 @@ async fn unauthenticated_callers_are_limited_per_ip() {
 
     // No token, and tokens that do not verify, count against the caller's IP.
     let forged = signed_token("not-the-secret", "admin", Uuid::new_v4(), 3600);
-    let started = Instant::now();
-    let mut unauthorized = 0;
-    let mut limited = Vec::new();
-    for n in 0..20 {
-        let token = (n % 2 == 0).then_some(forged.as_str());
-        let answer = sys.get("/orders", token).await;
-        match answer.status.as_u16() {
-            401 => unauthorized += 1,
-            429 => limited.push(answer),
-            other => panic!(
-                "unauthenticated GET /orders: unexpected {other} {}",
-                answer.body
-            ),
-        }
-    }
-    let elapsed = started.elapsed();
+    let Flood {
+        passed: unauthorized,
+        limited,
+        elapsed,
+    } = flood("unauthenticated GET /orders", 20, 401, |n| {
+        sys.get("/orders", (n % 2 == 0).then_some(forged.as_str()))
+    })
+    .await;
     // The IP is over its limit; an authenticated actor from the same IP is not.
     sys.get("/orders", Some(&customer))
         .await

@@ -2,13 +2,12 @@
 //! order, without duplicates, without gaps — whether the bridge still holds the events in
 //! memory or (after a restart) has to replay them from the outbox.
 
-mod common;
-
-use common::*;
 use serde_json::json;
 use uuid::Uuid;
 
-const SUBSCRIBE: &str = "/orders/events/subscribe";
+use crate::harness::{
+    EVENT_DEADLINE, SseEvent, SseStream, TestSystem, library, sse::SUBSCRIBE, wait,
+};
 
 #[derive(Clone, Copy, Debug)]
 enum Resume {
@@ -18,6 +17,20 @@ enum Resume {
     Query,
     /// `Last-Event-ID` header after the process was killed and restarted (replay from the outbox).
     HeaderAfterRestart,
+}
+
+/// Reconnects after `last_seen` the way `mode` says.
+async fn resume(sys: &TestSystem, mode: Resume, token: &str, last_seen: u64) -> SseStream {
+    match mode {
+        Resume::Header | Resume::HeaderAfterRestart => {
+            sys.sse_connect(SUBSCRIBE, Some(token), Some(last_seen))
+                .await
+        }
+        Resume::Query => {
+            let path = format!("{SUBSCRIBE}?last_event_id={last_seen}");
+            sys.sse_connect(&path, Some(token), None).await
+        }
+    }
 }
 
 async fn missed_events_are_replayed_exactly(mode: Resume) {
@@ -49,20 +62,7 @@ async fn missed_events_are_replayed_exactly(mode: Resume) {
         sys.restart().await;
     }
 
-    let mut resumed = match mode {
-        Resume::Header | Resume::HeaderAfterRestart => {
-            sys.sse_connect(SUBSCRIBE, Some(&ctok), Some(last_seen))
-                .await
-        }
-        Resume::Query => {
-            sys.sse_connect(
-                &format!("{SUBSCRIBE}?last_event_id={last_seen}"),
-                Some(&ctok),
-                None,
-            )
-            .await
-        }
-    };
+    let mut resumed = resume(&sys, mode, &ctok, last_seen).await;
     let mut last = last_seen;
     for (i, (step, job)) in missed.iter().zip(&jobs).enumerate() {
         let event = resumed
@@ -132,21 +132,15 @@ async fn bridge_starts_from_the_published_cursor_not_the_newest_seq() {
     let ctok = sys.token("customer", Uuid::new_v4());
     let order = sys.create_simple_order(&ctok).await;
     // `order.created` is published: the cursor reaches it.
-    let deadline = std::time::Instant::now() + EVENT_DEADLINE;
-    let published = loop {
-        let mut conn = sys.db().acquire().await.expect("a connection");
-        let published = orderflow::store::outbox::published_seq(&mut conn)
-            .await
-            .expect("the published cursor");
+    let published = wait::expect_within(EVENT_DEADLINE, "order.created published", || async {
+        let published = library::published_seq(sys.db()).await;
         if published >= 1 {
-            break published;
+            Ok(published)
+        } else {
+            Err(format!("published through {published}"))
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "order.created was not published within {EVENT_DEADLINE:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    })
+    .await;
 
     // With the system down, leave what a relay leaves when it dies between committing a
     // batch's seqs and the broker's confirms: a sequenced, unpublished event.
@@ -161,20 +155,9 @@ async fn bridge_starts_from_the_published_cursor_not_the_newest_seq() {
     .await
     .expect("a sequenced, unpublished event");
 
-    let state = orderflow::sse::BridgeState::new(
-        orderflow::auth::Keys::new("unused"),
-        sys.db().clone(),
-        orderflow::config::BridgeConfig {
-            sse_ring_capacity: 16,
-            sse_client_buffer: 16,
-            sse_keepalive_secs: 15,
-            sse_retry_ms: 1_000,
-        },
-        tokio_util::sync::CancellationToken::new(),
-    );
-    orderflow::sse::prime(&state).await.expect("priming");
+    let head = library::primed_bridge_head(sys.db()).await;
     assert_eq!(
-        state.hub.head(),
+        head,
         published,
         "the hub starts at the published cursor ({published}), not at the newest seq ({})",
         published + 1
@@ -198,23 +181,24 @@ async fn retention_prunes_published_events_and_a_resume_before_them_gets_reset()
     sys.apply(&atok, order, &json!({"action": "mark_paid"}))
         .await;
     // Both events (seq 1 and 2) are published, then deleted once older than a second.
-    let deadline = std::time::Instant::now() + EVENT_DEADLINE;
-    loop {
-        let (rows, published): (i64, i64) = sqlx::query_as(
-            "select (select count(*) from outbox), (select published_seq from outbox_cursor)",
-        )
-        .fetch_one(sys.db())
-        .await
-        .expect("outbox figures");
-        if rows == 0 && published == 2 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "retention did not delete the published events within {EVENT_DEADLINE:?} ({rows} rows left, published through {published})"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    wait::expect_within(
+        EVENT_DEADLINE,
+        "retention deleting the published events",
+        || async {
+            let (rows, published): (i64, i64) = sqlx::query_as(
+                "select (select count(*) from outbox), (select published_seq from outbox_cursor)",
+            )
+            .fetch_one(sys.db())
+            .await
+            .expect("outbox figures");
+            if rows == 0 && published == 2 {
+                Ok(())
+            } else {
+                Err(format!("{rows} rows left, published through {published}"))
+            }
+        },
+    )
+    .await;
 
     // A fresh bridge (nothing in memory): resuming after seq 1 can only be answered with
     // a reset to what is kept; the next change follows as seq 3, not as a restarted seq 1.

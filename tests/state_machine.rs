@@ -1,13 +1,12 @@
 //! The transition table is published as data (JSON and a Mermaid diagram) and drives
 //! `valid-actions`: each caller learns what it may do next and, if not, what blocks it.
 
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::*;
 use serde_json::Value;
 use uuid::Uuid;
+
+use crate::harness::TestSystem;
 
 const ACTIONS: [&str; 7] = [
     "mark_paid",
