@@ -207,7 +207,8 @@ impl Sampler {
     /// sample is logged and skipped — metrics must never take a role down.
     pub async fn run(self, period: Duration, shutdown: CancellationToken) {
         let mut broker = None;
-        let mut every = tokio::time::interval(period);
+        // The first sample after one period: by then the role has declared its queues.
+        let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,

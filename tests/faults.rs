@@ -70,6 +70,7 @@ async fn no_job_lost_or_applied_twice_under_crashes_and_restarts() {
     assert_every_change_published_gap_free_in_history_order(&evidence);
     assert_resumed_sse_client_saw_every_event_once_in_order(&evidence);
     assert_every_role_recovered(&evidence);
+    assert_the_crash_hook_fired(&evidence);
     cluster.clean().await;
 }
 
@@ -210,5 +211,15 @@ fn assert_every_role_recovered(ev: &Evidence) {
             .all(|d| *d <= Duration::from_secs(5)),
         "a standby relay takes over within 5 s: {}",
         list_ms(&ev.tally.relay_takeover)
+    );
+}
+
+/// The crash-after-commit fault did happen: the worker hook exists only in builds with the
+/// `fault-injection` feature (test builds turn it on), and without it the suite would
+/// quietly test less.
+fn assert_the_crash_hook_fired(ev: &Evidence) {
+    assert!(
+        ev.procs.crash_hook_aborts > 0,
+        "the crash-hook worker never aborted after a commit: is the `fault-injection` feature on?"
     );
 }

@@ -12,6 +12,7 @@ mod dead_letters;
 mod exactly_once;
 mod faults;
 mod hostile_input;
+mod metrics;
 mod pagination;
 mod pipeline;
 mod rate_limits;

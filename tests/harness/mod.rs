@@ -7,7 +7,8 @@
 //! - [`cluster`] and [`supervisor`]: every role as its own supervised process, for fault
 //!   injection;
 //! - [`chaos`]: the load, the observers, the faults and the evidence of the fault suite;
-//! - [`tokens`], [`sse`], [`broker`], [`answer`]: the clients' tools, each written once;
+//! - [`tokens`], [`sse`], [`broker`], [`answer`], [`metrics`]: the clients' tools, each
+//!   written once;
 //! - [`wait`]: every wait is for a condition, with a deadline, and fails loudly with what
 //!   it saw last;
 //! - [`library`]: the only calls into the orderflow library itself.
@@ -17,6 +18,7 @@ pub mod broker;
 pub mod chaos;
 pub mod cluster;
 pub mod library;
+pub mod metrics;
 pub mod sandbox;
 pub mod sse;
 pub mod supervisor;
