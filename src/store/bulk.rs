@@ -379,8 +379,8 @@ async fn pending_items(
         id,
         all,
     ))
-        .fetch_all(conn)
-        .await?;
+    .fetch_all(conn)
+    .await?;
     Ok(rows.into_iter().map(|r| (r.position, r.order_id)).collect())
 }
 
