@@ -367,7 +367,7 @@ macro_rules! pending_items_query {
     };
 }
 
-/// The items without an outcome yet (see [`pending_items_query`]) as (position, order).
+/// The items without an outcome yet (see `pending_items_query!`) as (position, order).
 async fn pending_items(
     conn: &mut PgConnection,
     id: Uuid,
