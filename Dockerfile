@@ -2,8 +2,8 @@
 
 FROM rust:1-bookworm AS build
 WORKDIR /src
-# No database at build time: queries are plain sqlx runtime queries (no compile-time
-# macros), and migrations are embedded from migrations/.
+# No database at build time: the query macros read the query data committed in .sqlx/
+# (SQLX_OFFLINE), and migrations are embedded from migrations/.
 ENV SQLX_OFFLINE=true
 COPY . .
 RUN cargo build --release --locked -p orderflow --bins

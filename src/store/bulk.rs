@@ -6,9 +6,7 @@ use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sqlx::postgres::PgArguments;
-use sqlx::query::QueryAs;
-use sqlx::{PgConnection, Postgres};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 /// Which orders a bulk operation is about: explicit ids, or a filter.
@@ -67,35 +65,43 @@ impl Selection {
     }
 }
 
-/// The `where` clause over `orders` for a selection; binds $1..$8 (see [`bind_selection`]).
-const SELECTION_WHERE: &str = "($1::uuid[] is null or id = any($1))
-  and ($2::text[] is null or status = any($2))
-  and ($3::text is null or payment_status = $3)
-  and ($4::uuid is null or customer_id = $4)
-  and ($5::timestamptz is null or created_at >= $5)
-  and ($6::timestamptz is null or created_at < $6)
-  and ($7::bigint is null or total_cents >= $7)
-  and ($8::bigint is null or total_cents <= $8)";
+// The query macros take only string literals (joined by `+`), so a clause that several
+// statements share cannot be a `const` spliced in at run time: each shared clause is a macro
+// that runs `sqlx::$macro!` with the clause between a `$head` and a `$tail` literal, and every
+// statement built from it is still checked against the schema at compile time.
 
-fn bind_selection<'q, O>(
-    q: QueryAs<'q, Postgres, O, PgArguments>,
-    sel: &'q Selection,
-) -> QueryAs<'q, Postgres, O, PgArguments> {
-    let f = sel.filter.clone().unwrap_or_default();
-    q.bind(sel.order_ids.as_deref())
-        .bind(
-            f.status
-                .map(|v| v.iter().map(|s| s.as_str().to_owned()).collect::<Vec<_>>()),
+/// `sqlx::$macro!` over `$head`, the `where` clause over `orders` that a selection stands
+/// for, and `$tail`. The selection binds $1..$8 (each condition drops out when its
+/// parameter is null: one static statement for every selection), `$arg`s bind from $9 on.
+macro_rules! selection_query {
+    ($macro:ident!($($record:ident,)? $head:literal, $tail:literal; $sel:expr $(, $arg:expr)* $(,)?)) => {{
+        let sel: &Selection = $sel;
+        let any = Filter::default();
+        let f = sel.filter.as_ref().unwrap_or(&any);
+        sqlx::$macro!(
+            $($record,)?
+            $head
+                + " ($1::uuid[] is null or id = any($1))
+                    and ($2::text[] is null or status = any($2))
+                    and ($3::text is null or payment_status = $3)
+                    and ($4::uuid is null or customer_id = $4)
+                    and ($5::timestamptz is null or created_at >= $5)
+                    and ($6::timestamptz is null or created_at < $6)
+                    and ($7::bigint is null or total_cents >= $7)
+                    and ($8::bigint is null or total_cents <= $8) "
+                + $tail,
+            sel.order_ids.as_deref(),
+            f.status.as_deref() as Option<&[OrderStatus]>,
+            f.payment_status.map(PaymentStatus::as_str),
+            f.customer_id,
+            f.created_from,
+            f.created_to,
+            f.min_total_cents,
+            f.max_total_cents,
+            $($arg),*
         )
-        .bind(f.payment_status.map(|p| p.as_str()))
-        .bind(f.customer_id)
-        .bind(f.created_from)
-        .bind(f.created_to)
-        .bind(f.min_total_cents)
-        .bind(f.max_total_cents)
+    }};
 }
-
-const ORDER_COLUMNS: &str = "id, customer_id, status, payment_status, total_cents, currency, version, created_at, updated_at";
 
 /// One page of the selection in id order, after `after`.
 pub async fn select_page(
@@ -104,46 +110,44 @@ pub async fn select_page(
     after: Option<Uuid>,
     limit: i64,
 ) -> sqlx::Result<Vec<Order>> {
-    let sql = format!(
-        "select {ORDER_COLUMNS} from orders where {SELECTION_WHERE} and ($9::uuid is null or id > $9) order by id limit $10"
-    );
-    bind_selection(sqlx::query_as(&sql), sel)
-        .bind(after)
-        .bind(limit)
-        .fetch_all(conn)
-        .await
+    selection_query!(query_as!(
+        Order,
+        r#"select id, customer_id, status as "status: OrderStatus",
+                  payment_status as "payment_status: PaymentStatus", total_cents, currency, version,
+                  created_at, updated_at
+           from orders where"#,
+        "and ($9::uuid is null or id > $9) order by id limit $10";
+        sel,
+        after,
+        limit,
+    ))
+    .fetch_all(conn)
+    .await
 }
 
 /// How many orders the selection matches now.
 pub async fn count(conn: &mut PgConnection, sel: &Selection) -> sqlx::Result<i64> {
-    let sql = format!("select count(*) from orders where {SELECTION_WHERE}");
-    let (n,): (i64,) = bind_selection(sqlx::query_as(&sql), sel)
+    selection_query!(query_scalar!(r#"select count(*) as "count!" from orders where"#, ""; sel))
         .fetch_one(conn)
-        .await?;
-    Ok(n)
+        .await
 }
 
-/// The ids a bulk over `sel` works on, as a subquery binding $1..$8: the orders a filter
-/// matches, or every distinct id of an explicit list — ids without an order included, so
-/// that they are reported (`not_found`) instead of silently dropped.
-const SELECTED_IDS: &str = "(select id from orders where $1::uuid[] is null and {SELECTION_WHERE}
-     union all
-     select distinct u.id from unnest($1::uuid[]) as u(id))";
-
-fn selected_ids() -> String {
-    SELECTED_IDS.replace("{SELECTION_WHERE}", SELECTION_WHERE)
-}
-
-/// Every id the bulk would work on (see [`SELECTED_IDS`]), in id order.
+/// Every id a bulk over `sel` works on, in id order: the orders a filter matches, or every
+/// distinct id of an explicit list — ids without an order included, so that they are
+/// reported (`not_found`) instead of silently dropped. [`snapshot`] takes the same ids.
 pub async fn selected(conn: &mut PgConnection, sel: &Selection) -> sqlx::Result<Vec<Uuid>> {
-    let sql = format!("select id from {} s order by id", selected_ids());
-    let rows: Vec<(Uuid,)> = bind_selection(sqlx::query_as(&sql), sel)
-        .fetch_all(conn)
-        .await?;
-    Ok(rows.into_iter().map(|(id,)| id).collect())
+    selection_query!(query_scalar!(
+        "select id as \"id!\" from (select id from orders where $1::uuid[] is null and",
+        "union all
+         select distinct u.id from unnest($1::uuid[]) as u(id)) s
+         order by id";
+        sel
+    ))
+    .fetch_all(conn)
+    .await
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct BulkOp {
     pub id: Uuid,
     pub actor_id: Uuid,
@@ -192,8 +196,6 @@ impl BulkOp {
     }
 }
 
-const COLUMNS: &str = "id, actor_id, actor_role, selection, request, mode, status, cancel_requested, total, applied, rejected, failed, skipped, error, created_at, started_at, finished_at";
-
 pub struct NewBulk<'a> {
     pub id: Uuid,
     pub actor_id: Uuid,
@@ -206,19 +208,22 @@ pub struct NewBulk<'a> {
 
 /// Insert a queued bulk; `None` if the actor already used this idempotency key.
 pub async fn insert(conn: &mut PgConnection, b: &NewBulk<'_>) -> sqlx::Result<Option<BulkOp>> {
-    sqlx::query_as(&format!(
-        "insert into bulk_operations (id, actor_id, actor_role, selection, request, mode, idempotency_key)
-         values ($1, $2, $3, $4, $5, $6, $7)
-         on conflict (actor_id, idempotency_key) where idempotency_key is not null do nothing
-         returning {COLUMNS}"
-    ))
-    .bind(b.id)
-    .bind(b.actor_id)
-    .bind(b.actor_role)
-    .bind(b.selection)
-    .bind(b.request)
-    .bind(b.mode)
-    .bind(b.idempotency_key)
+    sqlx::query_as!(
+        BulkOp,
+        r#"insert into bulk_operations (id, actor_id, actor_role, selection, request, mode, idempotency_key)
+           values ($1, $2, $3, $4, $5, $6, $7)
+           on conflict (actor_id, idempotency_key) where idempotency_key is not null do nothing
+           returning id, actor_id, actor_role as "actor_role: Role", selection, request, mode as "mode: BulkMode",
+                  status as "status: BulkStatus", cancel_requested, total, applied, rejected, failed,
+                  skipped, error, created_at, started_at, finished_at"#,
+        b.id,
+        b.actor_id,
+        b.actor_role.as_str(),
+        b.selection,
+        b.request,
+        b.mode.as_str(),
+        b.idempotency_key,
+    )
     .fetch_optional(conn)
     .await
 }
@@ -228,30 +233,42 @@ pub async fn by_idempotency_key(
     actor_id: Uuid,
     key: &str,
 ) -> sqlx::Result<Option<BulkOp>> {
-    sqlx::query_as(&format!(
-        "select {COLUMNS} from bulk_operations where actor_id = $1 and idempotency_key = $2"
-    ))
-    .bind(actor_id)
-    .bind(key)
+    sqlx::query_as!(
+        BulkOp,
+        r#"select id, actor_id, actor_role as "actor_role: Role", selection, request, mode as "mode: BulkMode",
+                  status as "status: BulkStatus", cancel_requested, total, applied, rejected, failed,
+                  skipped, error, created_at, started_at, finished_at
+           from bulk_operations where actor_id = $1 and idempotency_key = $2"#,
+        actor_id,
+        key,
+    )
     .fetch_optional(conn)
     .await
 }
 
 pub async fn get(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<BulkOp>> {
-    sqlx::query_as(&format!(
-        "select {COLUMNS} from bulk_operations where id = $1"
-    ))
-    .bind(id)
+    sqlx::query_as!(
+        BulkOp,
+        r#"select id, actor_id, actor_role as "actor_role: Role", selection, request, mode as "mode: BulkMode",
+                  status as "status: BulkStatus", cancel_requested, total, applied, rejected, failed,
+                  skipped, error, created_at, started_at, finished_at
+           from bulk_operations where id = $1"#,
+        id,
+    )
     .fetch_optional(conn)
     .await
 }
 
 /// Lock the bulk row for the rest of the transaction (one chunk at a time per bulk).
 pub async fn lock(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<BulkOp>> {
-    sqlx::query_as(&format!(
-        "select {COLUMNS} from bulk_operations where id = $1 for update"
-    ))
-    .bind(id)
+    sqlx::query_as!(
+        BulkOp,
+        r#"select id, actor_id, actor_role as "actor_role: Role", selection, request, mode as "mode: BulkMode",
+                  status as "status: BulkStatus", cancel_requested, total, applied, rejected, failed,
+                  skipped, error, created_at, started_at, finished_at
+           from bulk_operations where id = $1 for update"#,
+        id,
+    )
     .fetch_optional(conn)
     .await
 }
@@ -264,22 +281,22 @@ pub async fn abandon_unqueued(
     id: Uuid,
     error: &Value,
 ) -> sqlx::Result<bool> {
-    let done = sqlx::query(
+    let done = sqlx::query!(
         "update jobs set status = 'cancelled', error = $2, updated_at = now() where bulk_id = $1 and status = 'queued'",
+        id,
+        error,
     )
-    .bind(id)
-    .bind(error)
     .execute(&mut *conn)
     .await?;
     if done.rows_affected() == 0 {
         return Ok(false);
     }
-    sqlx::query(
+    sqlx::query!(
         "update bulk_operations set status = 'cancelled', error = $2, idempotency_key = null, finished_at = now(), updated_at = now()
          where id = $1 and status = 'queued'",
+        id,
+        error,
     )
-    .bind(id)
-    .bind(error)
     .execute(conn)
     .await?;
     Ok(true)
@@ -293,44 +310,79 @@ pub async fn snapshot(
     sel: &Selection,
     chunk_size: i64,
 ) -> sqlx::Result<i64> {
-    let sql = format!(
-        "with selected as (
-             select id, row_number() over (order by id) as position from {} s),
-         chunks as (
-             insert into bulk_chunks (bulk_id, chunk, first_position, order_ids)
-             select $9, (position - 1) / $10, min(position), array_agg(id order by position)
-             from selected group by (position - 1) / $10
-             returning cardinality(order_ids) as n)
-         select coalesce(sum(n), 0)::bigint from chunks",
-        selected_ids()
-    );
-    let (total,): (i64,) = bind_selection(sqlx::query_as(&sql), sel)
-        .bind(id)
-        .bind(chunk_size.max(1))
-        .fetch_one(&mut *conn)
-        .await?;
-    sqlx::query("update bulk_operations set status = 'running', total = $2, started_at = now(), updated_at = now() where id = $1")
-        .bind(id)
-        .bind(total as i32)
-        .execute(conn)
-        .await?;
+    let total = selection_query!(query_scalar!(
+        r#"with selected as (
+               select id, row_number() over (order by id) as position
+               from (select id from orders where $1::uuid[] is null and"#,
+        r#"union all
+                     select distinct u.id from unnest($1::uuid[]) as u(id)) s),
+           chunks as (
+               insert into bulk_chunks (bulk_id, chunk, first_position, order_ids)
+               select $9, (position - 1) / $10, min(position), array_agg(id order by position)
+               from selected group by (position - 1) / $10
+               returning cardinality(order_ids) as n)
+           select coalesce(sum(n), 0)::bigint as "total!" from chunks"#;
+        sel,
+        id,
+        chunk_size.max(1),
+    ))
+    .fetch_one(&mut *conn)
+    .await?;
+    sqlx::query!(
+        "update bulk_operations set status = 'running', total = $2, started_at = now(), updated_at = now()
+         where id = $1",
+        id,
+        total as i32,
+    )
+    .execute(conn)
+    .await?;
     Ok(total)
 }
 
-/// The snapshot's items without an outcome yet, in position order: of the chunks from
-/// `next_chunk` on (`$2`), or of `next_chunk` alone. An item has its outcome when it has a
-/// `bulk_items` row or, if it was applied, its history row (see [`record`]).
-const PENDING_ITEMS: &str = "
-    select (c.first_position + o.i - 1)::int as position, o.id as order_id
-    from bulk_chunks c
-    join bulk_operations op on op.id = c.bulk_id
-    cross join lateral unnest(c.order_ids) with ordinality as o(id, i)
-    where c.bulk_id = $1 and c.chunk >= op.next_chunk and ($2 or c.chunk = op.next_chunk)
-      and not exists (select 1 from bulk_items b
-                      where b.bulk_id = $1 and b.position = c.first_position + o.i - 1)
-      and not exists (select 1 from order_status_history h
-                      where h.bulk_id = $1 and h.order_id = o.id)
-    order by c.chunk, o.i";
+/// `sqlx::$macro!` over `$head`, the bulk `$id`'s items without an outcome yet (columns
+/// `position`, `order_id`, in position order), and `$tail`: of the chunks from `next_chunk`
+/// on (`$all`), or of `next_chunk` alone. An item has its outcome when it has a `bulk_items`
+/// row or, if it was applied, its history row (see [`record`]). Binds $1 and $2; `$arg`s
+/// bind from $3 on.
+macro_rules! pending_items_query {
+    ($macro:ident!($head:literal, $tail:literal; $id:expr, $all:expr $(, $arg:expr)* $(,)?)) => {
+        sqlx::$macro!(
+            $head
+                + r#"
+                select (c.first_position + o.i - 1)::int as position, o.id as order_id
+                from bulk_chunks c
+                join bulk_operations op on op.id = c.bulk_id
+                cross join lateral unnest(c.order_ids) with ordinality as o(id, i)
+                where c.bulk_id = $1 and c.chunk >= op.next_chunk and ($2 or c.chunk = op.next_chunk)
+                  and not exists (select 1 from bulk_items b
+                                  where b.bulk_id = $1 and b.position = c.first_position + o.i - 1)
+                  and not exists (select 1 from order_status_history h
+                                  where h.bulk_id = $1 and h.order_id = o.id)
+                order by c.chunk, o.i "#
+                + $tail,
+            $id,
+            $all,
+            $($arg),*
+        )
+    };
+}
+
+/// The items without an outcome yet (see `pending_items_query!`) as (position, order).
+async fn pending_items(
+    conn: &mut PgConnection,
+    id: Uuid,
+    all: bool,
+) -> sqlx::Result<Vec<(i32, Uuid)>> {
+    let rows = pending_items_query!(query!(
+        r#"select position as "position!", order_id as "order_id!" from ("#,
+        ") p";
+        id,
+        all,
+    ))
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.position, r.order_id)).collect())
+}
 
 /// A chunk of the snapshot, and its items that have no outcome yet.
 pub struct Chunk {
@@ -347,44 +399,45 @@ pub struct Chunk {
 /// outcomes one by one.
 pub async fn next_chunk(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<Chunk>> {
     loop {
-        let row: Option<(i32, i32, bool, Vec<Uuid>)> = sqlx::query_as(
+        let row = sqlx::query!(
             "select c.chunk, c.first_position, c.partial, c.order_ids
              from bulk_chunks c join bulk_operations op on op.id = c.bulk_id
              where c.bulk_id = $1 and c.chunk = op.next_chunk",
+            id,
         )
-        .bind(id)
         .fetch_optional(&mut *conn)
         .await?;
-        let Some((chunk, first, partial, order_ids)) = row else {
+        let Some(row) = row else {
             return Ok(None);
         };
-        let items: Vec<(i32, Uuid)> = if partial {
-            sqlx::query_as(PENDING_ITEMS)
-                .bind(id)
-                .bind(false)
-                .fetch_all(&mut *conn)
-                .await?
+        let items: Vec<(i32, Uuid)> = if row.partial {
+            pending_items(conn, id, false).await?
         } else {
-            (first..).zip(order_ids).collect()
+            (row.first_position..).zip(row.order_ids).collect()
         };
         if !items.is_empty() {
-            return Ok(Some(Chunk { chunk, items }));
+            return Ok(Some(Chunk {
+                chunk: row.chunk,
+                items,
+            }));
         }
-        sqlx::query("update bulk_operations set next_chunk = $2 + 1 where id = $1")
-            .bind(id)
-            .bind(chunk)
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query!(
+            "update bulk_operations set next_chunk = $2 + 1 where id = $1",
+            id,
+            row.chunk,
+        )
+        .execute(&mut *conn)
+        .await?;
     }
 }
 
 /// Mark `chunk` as being applied order by order: some of its items may have outcomes.
 pub async fn mark_partial(conn: &mut PgConnection, id: Uuid, chunk: i32) -> sqlx::Result<()> {
-    sqlx::query(
+    sqlx::query!(
         "update bulk_chunks set partial = true where bulk_id = $1 and chunk = $2 and not partial",
+        id,
+        chunk,
     )
-    .bind(id)
-    .bind(chunk)
     .execute(conn)
     .await?;
     Ok(())
@@ -395,11 +448,7 @@ pub async fn all_pending_items(
     conn: &mut PgConnection,
     id: Uuid,
 ) -> sqlx::Result<Vec<(i32, Uuid)>> {
-    sqlx::query_as(PENDING_ITEMS)
-        .bind(id)
-        .bind(true)
-        .fetch_all(conn)
-        .await
+    pending_items(conn, id, true).await
 }
 
 /// The code of an item whose id (in an explicit selection) has no order.
@@ -433,32 +482,39 @@ pub async fn record(
         .filter(|i| i.outcome != ItemOutcome::Applied)
         .collect();
     if !rows.is_empty() {
-        sqlx::query(
+        fn col<'a, T>(rows: &[&'a ItemRecord], f: impl Fn(&'a ItemRecord) -> T) -> Vec<T> {
+            rows.iter().map(|&r| f(r)).collect()
+        }
+        sqlx::query!(
             "insert into bulk_items (bulk_id, position, order_id, outcome, code, from_status, to_status)
              select $1, * from unnest($2::int[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[])",
+            id,
+            &col(&rows, |i| i.position),
+            &col(&rows, |i| i.order_id),
+            &col(&rows, |i| i.outcome) as &[ItemOutcome],
+            &col(&rows, |i| i.code.as_deref()) as &[Option<&str>],
+            &col(&rows, |i| i.from) as &[Option<OrderStatus>],
+            &col(&rows, |i| i.to) as &[Option<OrderStatus>],
         )
-        .bind(id)
-        .bind(rows.iter().map(|i| i.position).collect::<Vec<_>>())
-        .bind(rows.iter().map(|i| i.order_id).collect::<Vec<_>>())
-        .bind(rows.iter().map(|i| i.outcome).collect::<Vec<_>>())
-        .bind(rows.iter().map(|i| i.code.as_deref()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|i| i.from).collect::<Vec<_>>())
-        .bind(rows.iter().map(|i| i.to).collect::<Vec<_>>())
         .execute(&mut *conn)
         .await?;
     }
     let count = |o: ItemOutcome| items.iter().filter(|i| i.outcome == o).count() as i32;
-    sqlx::query_as(&format!(
-        "update bulk_operations set applied = applied + $2, rejected = rejected + $3, failed = failed + $4,
-                skipped = skipped + $5, next_chunk = coalesce($6 + 1, next_chunk), updated_at = now()
-         where id = $1 returning {COLUMNS}"
-    ))
-    .bind(id)
-    .bind(count(ItemOutcome::Applied))
-    .bind(count(ItemOutcome::Rejected))
-    .bind(count(ItemOutcome::Failed))
-    .bind(count(ItemOutcome::Skipped))
-    .bind(done)
+    sqlx::query_as!(
+        BulkOp,
+        r#"update bulk_operations set applied = applied + $2, rejected = rejected + $3, failed = failed + $4,
+                  skipped = skipped + $5, next_chunk = coalesce($6 + 1, next_chunk), updated_at = now()
+           where id = $1
+           returning id, actor_id, actor_role as "actor_role: Role", selection, request, mode as "mode: BulkMode",
+                     status as "status: BulkStatus", cancel_requested, total, applied, rejected, failed,
+                     skipped, error, created_at, started_at, finished_at"#,
+        id,
+        count(ItemOutcome::Applied),
+        count(ItemOutcome::Rejected),
+        count(ItemOutcome::Failed),
+        count(ItemOutcome::Skipped),
+        done,
+    )
     .fetch_one(conn)
     .await
 }
@@ -466,21 +522,26 @@ pub async fn record(
 /// Record every item still without an outcome as `skipped` with `code`; returns the
 /// updated bulk.
 pub async fn skip_pending(conn: &mut PgConnection, id: Uuid, code: &str) -> sqlx::Result<BulkOp> {
-    let n = sqlx::query(&format!(
+    let n = pending_items_query!(query!(
         "insert into bulk_items (bulk_id, position, order_id, outcome, code)
-         select $1, p.position, p.order_id, 'skipped', $3 from ({PENDING_ITEMS}) p"
+         select $1, p.position, p.order_id, 'skipped', $3 from (",
+        ") p";
+        id,
+        true,
+        code,
     ))
-    .bind(id)
-    .bind(true)
-    .bind(code)
     .execute(&mut *conn)
     .await?
     .rows_affected() as i32;
-    sqlx::query_as(&format!(
-        "update bulk_operations set skipped = skipped + $2, updated_at = now() where id = $1 returning {COLUMNS}"
-    ))
-    .bind(id)
-    .bind(n)
+    sqlx::query_as!(
+        BulkOp,
+        r#"update bulk_operations set skipped = skipped + $2, updated_at = now() where id = $1
+           returning id, actor_id, actor_role as "actor_role: Role", selection, request, mode as "mode: BulkMode",
+                     status as "status: BulkStatus", cancel_requested, total, applied, rejected, failed,
+                     skipped, error, created_at, started_at, finished_at"#,
+        id,
+        n,
+    )
     .fetch_one(conn)
     .await
 }
@@ -492,13 +553,17 @@ pub async fn finish(
     status: BulkStatus,
     error: Option<&Value>,
 ) -> sqlx::Result<BulkOp> {
-    sqlx::query_as(&format!(
-        "update bulk_operations set status = $2, error = coalesce($3, error), finished_at = now(), updated_at = now()
-         where id = $1 returning {COLUMNS}"
-    ))
-    .bind(id)
-    .bind(status)
-    .bind(error)
+    sqlx::query_as!(
+        BulkOp,
+        r#"update bulk_operations set status = $2, error = coalesce($3, error), finished_at = now(), updated_at = now()
+           where id = $1
+           returning id, actor_id, actor_role as "actor_role: Role", selection, request, mode as "mode: BulkMode",
+                     status as "status: BulkStatus", cancel_requested, total, applied, rejected, failed,
+                     skipped, error, created_at, started_at, finished_at"#,
+        id,
+        status.as_str(),
+        error,
+    )
     .fetch_one(conn)
     .await
 }
@@ -506,21 +571,25 @@ pub async fn finish(
 /// Ask a bulk to stop. A queued bulk is cancelled at once; a running one stops between
 /// chunks. Returns the bulk as it is now, or None if there is no such bulk.
 pub async fn request_cancel(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<BulkOp>> {
-    sqlx::query_as(&format!(
-        "update bulk_operations set
-            cancel_requested = cancel_requested or status in ('queued', 'running'),
-            status = case when status = 'queued' then 'cancelled' else status end,
-            finished_at = case when status = 'queued' then now() else finished_at end,
-            updated_at = now()
-         where id = $1 returning {COLUMNS}"
-    ))
-    .bind(id)
+    sqlx::query_as!(
+        BulkOp,
+        r#"update bulk_operations set
+              cancel_requested = cancel_requested or status in ('queued', 'running'),
+              status = case when status = 'queued' then 'cancelled' else status end,
+              finished_at = case when status = 'queued' then now() else finished_at end,
+              updated_at = now()
+           where id = $1
+           returning id, actor_id, actor_role as "actor_role: Role", selection, request, mode as "mode: BulkMode",
+                     status as "status: BulkStatus", cancel_requested, total, applied, rejected, failed,
+                     skipped, error, created_at, started_at, finished_at"#,
+        id,
+    )
     .fetch_optional(conn)
     .await
 }
 
 /// One exported row.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize)]
 pub struct ResultRow {
     pub order_id: Uuid,
     pub outcome: Option<ItemOutcome>,
@@ -532,18 +601,20 @@ pub struct ResultRow {
 /// Every item of a bulk in position order (those not done yet without an outcome), as a
 /// stream: exports need not fit in memory.
 pub fn results<'c>(conn: &'c mut PgConnection, id: Uuid) -> BoxStream<'c, sqlx::Result<ResultRow>> {
-    sqlx::query_as(
-        "select o.id as order_id,
-                coalesce(b.outcome, case when h.order_id is not null then 'applied' end) as outcome,
-                b.code,
-                coalesce(b.from_status, h.from_status) as \"from\",
-                coalesce(b.to_status, h.to_status) as \"to\"
-         from bulk_chunks c
-         cross join lateral unnest(c.order_ids) with ordinality as o(id, i)
-         left join bulk_items b on b.bulk_id = c.bulk_id and b.position = c.first_position + o.i - 1
-         left join order_status_history h on h.bulk_id = c.bulk_id and h.order_id = o.id
-         where c.bulk_id = $1 order by c.chunk, o.i",
+    sqlx::query_as!(
+        ResultRow,
+        r#"select o.id as "order_id!",
+                  coalesce(b.outcome, case when h.order_id is not null then 'applied' end)
+                      as "outcome?: ItemOutcome",
+                  b.code as "code?",
+                  coalesce(b.from_status, h.from_status) as "from?: OrderStatus",
+                  coalesce(b.to_status, h.to_status) as "to?: OrderStatus"
+           from bulk_chunks c
+           cross join lateral unnest(c.order_ids) with ordinality as o(id, i)
+           left join bulk_items b on b.bulk_id = c.bulk_id and b.position = c.first_position + o.i - 1
+           left join order_status_history h on h.bulk_id = c.bulk_id and h.order_id = o.id
+           where c.bulk_id = $1 order by c.chunk, o.i"#,
+        id,
     )
-    .bind(id)
     .fetch(conn)
 }

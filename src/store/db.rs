@@ -39,12 +39,14 @@ pub async fn create_if_missing(cfg: &CommonConfig) -> anyhow::Result<()> {
                 redact(&cfg.database_url)
             )
         })?;
-    let exists: bool =
-        sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
-            .bind(&name)
-            .fetch_one(&mut admin)
-            .await?;
+    let exists = sqlx::query_scalar!(
+        r#"select exists (select 1 from pg_database where datname = $1) as "exists!""#,
+        name,
+    )
+    .fetch_one(&mut admin)
+    .await?;
     if !exists {
+        // An identifier cannot be a bind parameter: the one statement built at run time.
         let quoted = format!("\"{}\"", name.replace('"', "\"\""));
         match sqlx::query(&format!("create database {quoted}"))
             .execute(&mut admin)

@@ -1,12 +1,12 @@
 //! The append-only audit log: one row per committed change (and one for creation).
 
-use crate::domain::OrderChange;
+use crate::domain::{OrderChange, OrderStatus, Role};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct Entry {
     pub from_status: Option<String>,
     pub to_status: String,
@@ -72,34 +72,35 @@ pub async fn insert_many(
     fn col<'a, T>(changes: &'a [OrderChange], f: impl Fn(&'a OrderChange) -> T) -> Vec<T> {
         changes.iter().map(f).collect()
     }
-    sqlx::query(
+    sqlx::query!(
         "insert into order_status_history
            (order_id, from_status, to_status, action, actor_id, actor_role, reason, job_id, bulk_id, version, created_at)
          select *, $11 from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[], $6::text[],
                                   $7::text[], $8::uuid[], $9::uuid[], $10::bigint[])",
+        &col(changes, |c| c.order_id),
+        &col(changes, |c| c.from) as &[Option<OrderStatus>],
+        &col(changes, |c| c.to) as &[OrderStatus],
+        &col(changes, |c| c.action) as &[&str],
+        &col(changes, |c| c.actor.id),
+        &col(changes, |c| c.actor.role) as &[Role],
+        &col(changes, |c| c.reason.as_deref()) as &[Option<&str>],
+        &col(changes, |c| c.job_id) as &[Option<Uuid>],
+        &col(changes, |c| c.bulk_id) as &[Option<Uuid>],
+        &col(changes, |c| c.version),
+        at,
     )
-    .bind(col(changes, |c| c.order_id))
-    .bind(col(changes, |c| c.from))
-    .bind(col(changes, |c| c.to))
-    .bind(col(changes, |c| c.action))
-    .bind(col(changes, |c| c.actor.id))
-    .bind(col(changes, |c| c.actor.role))
-    .bind(col(changes, |c| c.reason.as_deref()))
-    .bind(col(changes, |c| c.job_id))
-    .bind(col(changes, |c| c.bulk_id))
-    .bind(col(changes, |c| c.version))
-    .bind(at)
     .execute(conn)
     .await?;
     Ok(())
 }
 
 pub async fn for_order(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Result<Vec<Entry>> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        Entry,
         "select from_status, to_status, action, actor_id, actor_role, reason, job_id, bulk_id, version, created_at
          from order_status_history where order_id = $1 order by id",
+        order_id,
     )
-    .bind(order_id)
     .fetch_all(conn)
     .await
 }

@@ -7,7 +7,7 @@ use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct Job {
     pub id: Uuid,
     pub kind: JobKind,
@@ -62,8 +62,6 @@ impl From<Job> for JobView {
     }
 }
 
-const COLUMNS: &str = "id, kind, order_id, bulk_id, actor_id, actor_role, payload, traceparent, status, attempts, result, error, created_at, updated_at";
-
 pub struct NewJob<'a> {
     pub id: Uuid,
     pub kind: JobKind,
@@ -78,21 +76,24 @@ pub struct NewJob<'a> {
 
 /// Insert a queued job. `None` when the actor already used this idempotency key.
 pub async fn insert(conn: &mut PgConnection, j: &NewJob<'_>) -> sqlx::Result<Option<Job>> {
-    sqlx::query_as(&format!(
-        "insert into jobs (id, kind, order_id, actor_id, actor_role, payload, idempotency_key, bulk_id, traceparent)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-         on conflict (actor_id, idempotency_key) where idempotency_key is not null do nothing
-         returning {COLUMNS}"
-    ))
-    .bind(j.id)
-    .bind(j.kind)
-    .bind(j.order_id)
-    .bind(j.actor_id)
-    .bind(j.actor_role)
-    .bind(j.payload)
-    .bind(j.idempotency_key)
-    .bind(j.bulk_id)
-    .bind(j.traceparent)
+    sqlx::query_as!(
+        Job,
+        r#"insert into jobs (id, kind, order_id, actor_id, actor_role, payload, idempotency_key, bulk_id, traceparent)
+           values ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+           on conflict (actor_id, idempotency_key) where idempotency_key is not null do nothing
+           returning id, kind as "kind: JobKind", order_id, bulk_id, actor_id, actor_role as "actor_role: Role",
+                  payload, traceparent, status as "status: JobStatus", attempts, result, error,
+                  created_at, updated_at"#,
+        j.id,
+        j.kind.as_str(),
+        j.order_id,
+        j.actor_id,
+        j.actor_role.as_str(),
+        j.payload,
+        j.idempotency_key,
+        j.bulk_id,
+        j.traceparent,
+    )
     .fetch_optional(conn)
     .await
 }
@@ -102,20 +103,30 @@ pub async fn by_idempotency_key(
     actor_id: Uuid,
     key: &str,
 ) -> sqlx::Result<Option<Job>> {
-    sqlx::query_as(&format!(
-        "select {COLUMNS} from jobs where actor_id = $1 and idempotency_key = $2"
-    ))
-    .bind(actor_id)
-    .bind(key)
+    sqlx::query_as!(
+        Job,
+        r#"select id, kind as "kind: JobKind", order_id, bulk_id, actor_id, actor_role as "actor_role: Role",
+                  payload, traceparent, status as "status: JobStatus", attempts, result, error,
+                  created_at, updated_at
+           from jobs where actor_id = $1 and idempotency_key = $2"#,
+        actor_id,
+        key,
+    )
     .fetch_optional(conn)
     .await
 }
 
 pub async fn get(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<Job>> {
-    sqlx::query_as(&format!("select {COLUMNS} from jobs where id = $1"))
-        .bind(id)
-        .fetch_optional(conn)
-        .await
+    sqlx::query_as!(
+        Job,
+        r#"select id, kind as "kind: JobKind", order_id, bulk_id, actor_id, actor_role as "actor_role: Role",
+                  payload, traceparent, status as "status: JobStatus", attempts, result, error,
+                  created_at, updated_at
+           from jobs where id = $1"#,
+        id,
+    )
+    .fetch_optional(conn)
+    .await
 }
 
 /// Give up on a job whose publish was not confirmed: it becomes `cancelled` (a late
@@ -126,12 +137,12 @@ pub async fn abandon_unqueued(
     id: Uuid,
     error: &Value,
 ) -> sqlx::Result<bool> {
-    let done = sqlx::query(
+    let done = sqlx::query!(
         "update jobs set status = 'cancelled', error = $2, idempotency_key = null, updated_at = now()
          where id = $1 and status = 'queued'",
+        id,
+        error,
     )
-    .bind(id)
-    .bind(error)
     .execute(conn)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -140,12 +151,15 @@ pub async fn abandon_unqueued(
 /// Claim the given jobs for this transaction. A job not returned was already finished (or
 /// never existed): its delivery is a duplicate and must change nothing.
 pub async fn claim(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<Job>> {
-    sqlx::query_as(&format!(
-        "update jobs set status = 'running', attempts = attempts + 1, updated_at = now()
-         where id = any($1) and status in ('queued', 'retrying')
-         returning {COLUMNS}"
-    ))
-    .bind(ids)
+    sqlx::query_as!(
+        Job,
+        r#"update jobs set status = 'running', attempts = attempts + 1, updated_at = now()
+           where id = any($1) and status in ('queued', 'retrying')
+           returning id, kind as "kind: JobKind", order_id, bulk_id, actor_id, actor_role as "actor_role: Role",
+                  payload, traceparent, status as "status: JobStatus", attempts, result, error,
+                  created_at, updated_at"#,
+        ids,
+    )
     .fetch_all(conn)
     .await
 }
@@ -162,12 +176,15 @@ pub struct Finished {
 /// bulk job can be claimed again: its worker died and the broker redelivered it; it
 /// resumes from its last committed chunk.
 pub async fn claim_bulk(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<Job>> {
-    sqlx::query_as(&format!(
-        "update jobs set status = 'running', attempts = attempts + 1, updated_at = now()
-         where id = $1 and kind = 'bulk' and status in ('queued', 'retrying', 'running')
-         returning {COLUMNS}"
-    ))
-    .bind(id)
+    sqlx::query_as!(
+        Job,
+        r#"update jobs set status = 'running', attempts = attempts + 1, updated_at = now()
+           where id = $1 and kind = 'bulk' and status in ('queued', 'retrying', 'running')
+           returning id, kind as "kind: JobKind", order_id, bulk_id, actor_id, actor_role as "actor_role: Role",
+                  payload, traceparent, status as "status: JobStatus", attempts, result, error,
+                  created_at, updated_at"#,
+        id,
+    )
     .fetch_optional(conn)
     .await
 }
@@ -177,15 +194,19 @@ pub async fn finish_many(conn: &mut PgConnection, done: &[Finished]) -> sqlx::Re
     if done.is_empty() {
         return Ok(());
     }
-    sqlx::query(
+    let ids: Vec<Uuid> = done.iter().map(|d| d.id).collect();
+    let statuses: Vec<JobStatus> = done.iter().map(|d| d.status).collect();
+    let results: Vec<Option<&Value>> = done.iter().map(|d| d.result.as_ref()).collect();
+    let errors: Vec<Option<&Value>> = done.iter().map(|d| d.error.as_ref()).collect();
+    sqlx::query!(
         "update jobs j set status = v.status, result = v.result, error = v.error, updated_at = now()
          from unnest($1::uuid[], $2::text[], $3::jsonb[], $4::jsonb[]) as v(id, status, result, error)
          where j.id = v.id",
+        &ids,
+        &statuses as &[JobStatus],
+        &results as &[Option<&Value>],
+        &errors as &[Option<&Value>],
     )
-    .bind(done.iter().map(|d| d.id).collect::<Vec<_>>())
-    .bind(done.iter().map(|d| d.status).collect::<Vec<_>>())
-    .bind(done.iter().map(|d| d.result.clone()).collect::<Vec<_>>())
-    .bind(done.iter().map(|d| d.error.clone()).collect::<Vec<_>>())
     .execute(conn)
     .await?;
     Ok(())
@@ -193,11 +214,14 @@ pub async fn finish_many(conn: &mut PgConnection, done: &[Finished]) -> sqlx::Re
 
 /// Park a job that cannot be applied (a defect, not a business rejection) with its error.
 pub async fn mark_dead(conn: &mut PgConnection, id: Uuid, error: &Value) -> sqlx::Result<()> {
-    sqlx::query("update jobs set status = 'dead', error = $2, updated_at = now() where id = $1 and status in ('queued', 'retrying', 'running')")
-        .bind(id)
-        .bind(error)
-        .execute(conn)
-        .await?;
+    sqlx::query!(
+        "update jobs set status = 'dead', error = $2, updated_at = now()
+         where id = $1 and status in ('queued', 'retrying', 'running')",
+        id,
+        error,
+    )
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -208,20 +232,20 @@ pub async fn mark_retrying(
     attempts: i32,
     error: &Value,
 ) -> sqlx::Result<()> {
-    sqlx::query(
+    sqlx::query!(
         "update jobs set status = 'retrying', attempts = greatest(attempts, $2), error = $3, updated_at = now()
          where id = $1 and status in ('queued', 'retrying')",
+        id,
+        attempts,
+        error,
     )
-    .bind(id)
-    .bind(attempts)
-    .bind(error)
     .execute(conn)
     .await?;
     Ok(())
 }
 
 /// A job to publish again, with what its message headers need.
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug)]
 pub struct Stale {
     pub id: Uuid,
     pub actor_id: Uuid,
@@ -237,17 +261,18 @@ pub async fn take_stale(
     older_than_secs: f64,
     limit: i64,
 ) -> sqlx::Result<Vec<Stale>> {
-    sqlx::query_as(
-        "update jobs j set updated_at = now()
-         from (select id from jobs
-               where status in ('queued', 'retrying') and updated_at < now() - make_interval(secs => $1)
-               order by updated_at limit $2 for update skip locked) s
-         where j.id = s.id
-         returning j.id, j.actor_id, j.actor_role, j.traceparent,
-                   (select customer_id from orders o where o.id = j.order_id) as customer_id",
+    sqlx::query_as!(
+        Stale,
+        r#"update jobs j set updated_at = now()
+           from (select id from jobs
+                 where status in ('queued', 'retrying') and updated_at < now() - make_interval(secs => $1)
+                 order by updated_at limit $2 for update skip locked) s
+           where j.id = s.id
+           returning j.id, j.actor_id, j.actor_role as "actor_role: Role", j.traceparent,
+                     (select customer_id from orders o where o.id = j.order_id) as "customer_id?""#,
+        older_than_secs,
+        limit,
     )
-    .bind(older_than_secs)
-    .bind(limit)
     .fetch_all(conn)
     .await
 }
@@ -259,14 +284,18 @@ pub async fn list(
     before: Option<Uuid>,
     limit: i64,
 ) -> sqlx::Result<Vec<Job>> {
-    sqlx::query_as(&format!(
-        "select {COLUMNS} from jobs
-         where ($1::text is null or status = $1) and ($2::uuid is null or id < $2)
-         order by id desc limit $3"
-    ))
-    .bind(status)
-    .bind(before)
-    .bind(limit)
+    sqlx::query_as!(
+        Job,
+        r#"select id, kind as "kind: JobKind", order_id, bulk_id, actor_id, actor_role as "actor_role: Role",
+                  payload, traceparent, status as "status: JobStatus", attempts, result, error,
+                  created_at, updated_at
+           from jobs
+           where ($1::text is null or status = $1) and ($2::uuid is null or id < $2)
+           order by id desc limit $3"#,
+        status.map(JobStatus::as_str),
+        before,
+        limit,
+    )
     .fetch_all(conn)
     .await
 }
@@ -274,31 +303,37 @@ pub async fn list(
 /// Put a dead job back to `queued` with its attempts reset. `None` unless it was dead, so
 /// two concurrent redrives queue it once.
 pub async fn requeue_dead(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<Job>> {
-    sqlx::query_as(&format!(
-        "update jobs set status = 'queued', attempts = 0, error = null, updated_at = now()
-         where id = $1 and status = 'dead' returning {COLUMNS}"
-    ))
-    .bind(id)
+    sqlx::query_as!(
+        Job,
+        r#"update jobs set status = 'queued', attempts = 0, error = null, updated_at = now()
+           where id = $1 and status = 'dead'
+           returning id, kind as "kind: JobKind", order_id, bulk_id, actor_id, actor_role as "actor_role: Role",
+                  payload, traceparent, status as "status: JobStatus", attempts, result, error,
+                  created_at, updated_at"#,
+        id,
+    )
     .fetch_optional(conn)
     .await
 }
 
 /// Undo [`requeue_dead`] when the job could not be published after all.
 pub async fn back_to_dead(conn: &mut PgConnection, id: Uuid, error: &Value) -> sqlx::Result<()> {
-    sqlx::query("update jobs set status = 'dead', error = $2, updated_at = now() where id = $1 and status = 'queued'")
-        .bind(id)
-        .bind(error)
-        .execute(conn)
-        .await?;
+    sqlx::query!(
+        "update jobs set status = 'dead', error = $2, updated_at = now() where id = $1 and status = 'queued'",
+        id,
+        error,
+    )
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
 /// The job that carries a bulk operation.
 pub async fn job_of_bulk(conn: &mut PgConnection, bulk_id: Uuid) -> sqlx::Result<Option<Uuid>> {
-    sqlx::query_scalar(
+    sqlx::query_scalar!(
         "select id from jobs where bulk_id = $1 and kind = 'bulk' order by id limit 1",
+        bulk_id,
     )
-    .bind(bulk_id)
     .fetch_optional(conn)
     .await
 }

@@ -1,5 +1,8 @@
 //! Postgres access. Small functions over `&mut PgConnection` so the caller owns the
 //! transaction boundary: the worker writes order, history, outbox and job outcome in one.
+//! Every statement is static and checked against the schema at compile time (`query!`,
+//! `query_as!`, `query_scalar!`); `.sqlx/` holds what the checks learnt, for builds without
+//! a database. The one exception is `create database`: an identifier cannot be bound.
 
 pub mod bulk;
 pub mod db;

@@ -6,13 +6,11 @@ use serde::Serialize;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Order {
     pub id: Uuid,
     pub customer_id: Uuid,
-    #[sqlx(try_from = "String")]
     pub status: OrderStatus,
-    #[sqlx(try_from = "String")]
     pub payment_status: PaymentStatus,
     pub total_cents: i64,
     pub currency: String,
@@ -21,7 +19,7 @@ pub struct Order {
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize)]
 pub struct OrderItem {
     #[serde(skip)]
     pub order_id: Uuid,
@@ -50,41 +48,49 @@ pub struct NewItem {
     pub unit_price_cents: i64,
 }
 
-const COLUMNS: &str = "id, customer_id, status, payment_status, total_cents, currency, version, created_at, updated_at";
-
 pub async fn insert(conn: &mut PgConnection, new: &NewOrder<'_>) -> sqlx::Result<Order> {
-    let order: Order = sqlx::query_as(&format!(
-        "insert into orders (id, customer_id, total_cents, currency) values ($1, $2, $3, $4) returning {COLUMNS}"
-    ))
-    .bind(new.id)
-    .bind(new.customer_id)
-    .bind(new.total_cents)
-    .bind(new.currency)
+    let order = sqlx::query_as!(
+        Order,
+        r#"insert into orders (id, customer_id, total_cents, currency) values ($1, $2, $3, $4)
+           returning id, customer_id, status as "status: OrderStatus",
+                  payment_status as "payment_status: PaymentStatus", total_cents, currency, version,
+                  created_at, updated_at"#,
+        new.id,
+        new.customer_id,
+        new.total_cents,
+        new.currency,
+    )
     .fetch_one(&mut *conn)
     .await?;
     let lines: Vec<i32> = (1..=new.items.len() as i32).collect();
     let skus: Vec<&str> = new.items.iter().map(|i| i.sku.as_str()).collect();
     let quantities: Vec<i32> = new.items.iter().map(|i| i.quantity).collect();
     let prices: Vec<i64> = new.items.iter().map(|i| i.unit_price_cents).collect();
-    sqlx::query(
+    sqlx::query!(
         "insert into order_items (order_id, line, sku, quantity, unit_price_cents)
          select $1, * from unnest($2::int[], $3::text[], $4::int[], $5::bigint[])",
+        new.id,
+        &lines,
+        &skus as &[&str],
+        &quantities,
+        &prices,
     )
-    .bind(new.id)
-    .bind(&lines)
-    .bind(&skus)
-    .bind(&quantities)
-    .bind(&prices)
     .execute(&mut *conn)
     .await?;
     Ok(order)
 }
 
 pub async fn get(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<Order>> {
-    sqlx::query_as(&format!("select {COLUMNS} from orders where id = $1"))
-        .bind(id)
-        .fetch_optional(conn)
-        .await
+    sqlx::query_as!(
+        Order,
+        r#"select id, customer_id, status as "status: OrderStatus",
+                  payment_status as "payment_status: PaymentStatus", total_cents, currency, version,
+                  created_at, updated_at
+           from orders where id = $1"#,
+        id,
+    )
+    .fetch_optional(conn)
+    .await
 }
 
 /// Load orders by id; with `lock`, lock them for update in id order (so that concurrent
@@ -97,17 +103,35 @@ pub async fn load_many(
     let Some((low, high)) = bounds(ids) else {
         return Ok(Vec::new());
     };
-    let lock = if lock { "for update" } else { "" };
     // The id range lets the planner walk the primary key instead of scanning the table
     // for a long id list (bulk chunks are consecutive in id order).
-    sqlx::query_as(&format!(
-        "select {COLUMNS} from orders where id between $2 and $3 and id = any($1) order by id {lock}"
-    ))
-    .bind(ids)
-    .bind(low)
-    .bind(high)
-    .fetch_all(conn)
-    .await
+    if lock {
+        sqlx::query_as!(
+            Order,
+            r#"select id, customer_id, status as "status: OrderStatus",
+                  payment_status as "payment_status: PaymentStatus", total_cents, currency, version,
+                  created_at, updated_at
+               from orders where id between $2 and $3 and id = any($1) order by id for update"#,
+            ids,
+            low,
+            high,
+        )
+        .fetch_all(conn)
+        .await
+    } else {
+        sqlx::query_as!(
+            Order,
+            r#"select id, customer_id, status as "status: OrderStatus",
+                  payment_status as "payment_status: PaymentStatus", total_cents, currency, version,
+                  created_at, updated_at
+               from orders where id between $2 and $3 and id = any($1) order by id"#,
+            ids,
+            low,
+            high,
+        )
+        .fetch_all(conn)
+        .await
+    }
 }
 
 fn bounds(ids: &[Uuid]) -> Option<(Uuid, Uuid)> {
@@ -115,11 +139,12 @@ fn bounds(ids: &[Uuid]) -> Option<(Uuid, Uuid)> {
 }
 
 pub async fn items(conn: &mut PgConnection, order_ids: &[Uuid]) -> sqlx::Result<Vec<OrderItem>> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        OrderItem,
         "select order_id, line, sku, quantity, unit_price_cents, reserved from order_items
          where order_id = any($1) order by order_id, line",
+        order_ids,
     )
-    .bind(order_ids)
     .fetch_all(conn)
     .await
 }
@@ -138,18 +163,18 @@ pub async fn store_states(
     let statuses: Vec<&str> = changed.iter().map(|o| o.status.as_str()).collect();
     let payments: Vec<&str> = changed.iter().map(|o| o.payment_status.as_str()).collect();
     let versions: Vec<i64> = changed.iter().map(|o| o.version).collect();
-    sqlx::query(
+    sqlx::query!(
         "update orders o set status = v.status, payment_status = v.payment, version = v.version, updated_at = $5
          from unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[]) as v(id, status, payment, version)
          where o.id = v.id and o.id between $6 and $7",
+        &ids,
+        &statuses as &[&str],
+        &payments as &[&str],
+        &versions,
+        now,
+        low,
+        high,
     )
-    .bind(&ids)
-    .bind(&statuses)
-    .bind(&payments)
-    .bind(&versions)
-    .bind(now)
-    .bind(low)
-    .bind(high)
     .execute(conn)
     .await?;
     Ok(())
@@ -163,14 +188,17 @@ pub async fn store_reservations(
     if lines.is_empty() {
         return Ok(());
     }
-    sqlx::query(
+    let order_ids: Vec<Uuid> = lines.iter().map(|l| l.0).collect();
+    let line_numbers: Vec<i32> = lines.iter().map(|l| l.1).collect();
+    let reserved: Vec<i32> = lines.iter().map(|l| l.2).collect();
+    sqlx::query!(
         "update order_items i set reserved = v.reserved
          from unnest($1::uuid[], $2::int[], $3::int[]) as v(order_id, line, reserved)
          where i.order_id = v.order_id and i.line = v.line",
+        &order_ids,
+        &line_numbers,
+        &reserved,
     )
-    .bind(lines.iter().map(|l| l.0).collect::<Vec<_>>())
-    .bind(lines.iter().map(|l| l.1).collect::<Vec<_>>())
-    .bind(lines.iter().map(|l| l.2).collect::<Vec<_>>())
     .execute(conn)
     .await?;
     Ok(())
@@ -184,17 +212,21 @@ pub async fn list(
     before: Option<Uuid>,
     limit: i64,
 ) -> sqlx::Result<Vec<Order>> {
-    sqlx::query_as(&format!(
-        "select {COLUMNS} from orders
-         where ($1::uuid is null or customer_id = $1)
-           and ($2::text is null or status = $2)
-           and ($3::uuid is null or id < $3)
-         order by id desc limit $4"
-    ))
-    .bind(customer_id)
-    .bind(status.map(|s| s.as_str()))
-    .bind(before)
-    .bind(limit)
+    sqlx::query_as!(
+        Order,
+        r#"select id, customer_id, status as "status: OrderStatus",
+                  payment_status as "payment_status: PaymentStatus", total_cents, currency, version,
+                  created_at, updated_at
+           from orders
+           where ($1::uuid is null or customer_id = $1)
+             and ($2::text is null or status = $2)
+             and ($3::uuid is null or id < $3)
+           order by id desc limit $4"#,
+        customer_id,
+        status.map(OrderStatus::as_str),
+        before,
+        limit,
+    )
     .fetch_all(conn)
     .await
 }

@@ -10,31 +10,30 @@ pub async fn insert_many(conn: &mut PgConnection, events: &[NewEvent]) -> sqlx::
     if events.is_empty() {
         return Ok(());
     }
-    sqlx::query(
+    fn col<'a, T>(events: &'a [NewEvent], f: impl Fn(&'a NewEvent) -> T) -> Vec<T> {
+        events.iter().map(f).collect()
+    }
+    sqlx::query!(
         "insert into outbox (order_id, customer_id, event_type, routing_key, to_status, traceparent, payload)
          select order_id, customer_id, event_type, routing_key, to_status, traceparent, payload::json
          from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
               with ordinality as t(order_id, customer_id, event_type, routing_key, to_status, traceparent, payload, ord)
          order by ord",
+        &col(events, |e| e.order_id) as &[Option<Uuid>],
+        &col(events, |e| e.customer_id) as &[Option<Uuid>],
+        &col(events, |e| e.event_type) as &[&str],
+        &col(events, |e| e.routing_key.as_str()) as &[&str],
+        &col(events, |e| e.to_status) as &[Option<&str>],
+        &col(events, |e| e.traceparent.as_deref()) as &[Option<&str>],
+        &col(events, |e| e.payload.as_str()) as &[&str],
     )
-    .bind(events.iter().map(|e| e.order_id).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.customer_id).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.event_type).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.routing_key.as_str()).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.to_status).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.traceparent.as_deref()).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.payload.as_str()).collect::<Vec<_>>())
     .execute(conn)
     .await?;
     Ok(())
 }
 
-/// The columns every sequenced event is read with (see [`StoredEvent`]).
-const EVENT_COLUMNS: &str = "seq, event_type, routing_key, order_id, customer_id, \
-     to_status, traceparent, payload::text as payload";
-
 /// A sequenced outbox row as read back: the payload stays JSON text, nothing is parsed.
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug)]
 struct StoredEvent {
     seq: i64,
     event_type: String,
@@ -71,18 +70,20 @@ fn events(mut rows: Vec<StoredEvent>) -> Vec<Event> {
 /// this, so `max(seq)` is stable; were two ever to race, the unique `seq` fails one of them.
 pub async fn sequence(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<Event>> {
     // After retention pruned every published row, the cursor still remembers the last seq.
-    let rows: Vec<StoredEvent> = sqlx::query_as(&format!(
-        "with next as (select id from outbox where seq is null order by id limit $1),
-              numbered as (select id, row_number() over (order by id) as ord from next),
-              base as (select greatest(coalesce(max(seq), 0),
-                                       (select published_seq from outbox_cursor)) as max_seq
-                       from outbox)
-         update outbox o set seq = base.max_seq + n.ord
-         from numbered n, base
-         where o.id = n.id
-         returning {EVENT_COLUMNS}"
-    ))
-    .bind(limit)
+    let rows = sqlx::query_as!(
+        StoredEvent,
+        r#"with next as (select id from outbox where seq is null order by id limit $1),
+                numbered as (select id, row_number() over (order by id) as ord from next),
+                base as (select greatest(coalesce(max(seq), 0),
+                                         (select published_seq from outbox_cursor)) as max_seq
+                         from outbox)
+           update outbox o set seq = base.max_seq + n.ord
+           from numbered n, base
+           where o.id = n.id
+           returning seq as "seq!", event_type, routing_key, order_id, customer_id, to_status,
+                  traceparent, payload::text as "payload!""#,
+        limit,
+    )
     .fetch_all(conn)
     .await?;
     Ok(events(rows))
@@ -95,11 +96,14 @@ pub async fn sequenced_after(
     after: i64,
     limit: i64,
 ) -> sqlx::Result<Vec<Event>> {
-    let rows: Vec<StoredEvent> = sqlx::query_as(&format!(
-        "select {EVENT_COLUMNS} from outbox where seq > $1 order by seq limit $2"
-    ))
-    .bind(after)
-    .bind(limit)
+    let rows = sqlx::query_as!(
+        StoredEvent,
+        r#"select seq as "seq!", event_type, routing_key, order_id, customer_id, to_status,
+                  traceparent, payload::text as "payload!"
+           from outbox where seq > $1 order by seq limit $2"#,
+        after,
+        limit,
+    )
     .fetch_all(conn)
     .await?;
     Ok(events(rows))
@@ -107,10 +111,12 @@ pub async fn sequenced_after(
 
 /// Every event up to `seq` is confirmed by the broker (the relay publishes in seq order).
 pub async fn mark_published(conn: &mut PgConnection, seq: i64) -> sqlx::Result<()> {
-    sqlx::query("update outbox_cursor set published_seq = greatest(published_seq, $1)")
-        .bind(seq)
-        .execute(conn)
-        .await?;
+    sqlx::query!(
+        "update outbox_cursor set published_seq = greatest(published_seq, $1)",
+        seq,
+    )
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -119,7 +125,7 @@ pub async fn mark_published(conn: &mut PgConnection, seq: i64) -> sqlx::Result<(
 /// a resume point before it is answered with `reset`. Never an unpublished event.
 /// Returns how many were deleted.
 pub async fn prune(conn: &mut PgConnection, older_than_secs: f64, limit: i64) -> sqlx::Result<u64> {
-    let done = sqlx::query(
+    let done = sqlx::query!(
         "with oldest as (
              select seq, created_at from outbox
              where seq is not null and seq <= (select published_seq from outbox_cursor)
@@ -129,9 +135,9 @@ pub async fn prune(conn: &mut PgConnection, older_than_secs: f64, limit: i64) ->
                              max(seq)) as seq
              from oldest)
          delete from outbox where seq is not null and seq <= (select seq from upto)",
+        older_than_secs,
+        limit,
     )
-    .bind(older_than_secs)
-    .bind(limit)
     .execute(conn)
     .await?;
     Ok(done.rows_affected())
@@ -139,20 +145,20 @@ pub async fn prune(conn: &mut PgConnection, older_than_secs: f64, limit: i64) ->
 
 /// The highest seq the broker has confirmed.
 pub async fn published_seq(conn: &mut PgConnection) -> sqlx::Result<i64> {
-    sqlx::query_scalar("select published_seq from outbox_cursor")
+    sqlx::query_scalar!("select published_seq from outbox_cursor")
         .fetch_one(conn)
         .await
 }
 
 /// Whether every row with `id <= up_to_id` is sequenced and published (`None`: all rows).
 pub async fn is_published(conn: &mut PgConnection, up_to_id: Option<i64>) -> sqlx::Result<bool> {
-    sqlx::query_scalar(
-        "select not exists (select 1 from outbox where seq is null and ($1::bigint is null or id <= $1))
-            and not exists (select 1 from outbox
-                            where seq > (select published_seq from outbox_cursor)
-                              and ($1::bigint is null or id <= $1))",
+    sqlx::query_scalar!(
+        r#"select not exists (select 1 from outbox where seq is null and ($1::bigint is null or id <= $1))
+              and not exists (select 1 from outbox
+                              where seq > (select published_seq from outbox_cursor)
+                                and ($1::bigint is null or id <= $1)) as "published!""#,
+        up_to_id,
     )
-    .bind(up_to_id)
     .fetch_one(conn)
     .await
 }
@@ -164,13 +170,16 @@ pub async fn replay(
     before: Option<i64>,
     limit: i64,
 ) -> sqlx::Result<Vec<Event>> {
-    let rows: Vec<StoredEvent> = sqlx::query_as(&format!(
-        "select {EVENT_COLUMNS} from outbox
-         where seq > $1 and ($2::bigint is null or seq < $2) order by seq limit $3"
-    ))
-    .bind(after)
-    .bind(before)
-    .bind(limit)
+    let rows = sqlx::query_as!(
+        StoredEvent,
+        r#"select seq as "seq!", event_type, routing_key, order_id, customer_id, to_status,
+                  traceparent, payload::text as "payload!"
+           from outbox
+           where seq > $1 and ($2::bigint is null or seq < $2) order by seq limit $3"#,
+        after,
+        before,
+        limit,
+    )
     .fetch_all(conn)
     .await?;
     Ok(events(rows))
@@ -178,9 +187,10 @@ pub async fn replay(
 
 /// The lowest and highest seq still in the table (None when nothing is sequenced).
 pub async fn seq_bounds(conn: &mut PgConnection) -> sqlx::Result<(Option<i64>, Option<i64>)> {
-    sqlx::query_as("select min(seq), max(seq) from outbox")
+    let bounds = sqlx::query!("select min(seq) as low, max(seq) as high from outbox")
         .fetch_one(conn)
-        .await
+        .await?;
+    Ok((bounds.low, bounds.high))
 }
 
 /// Outbox lag: how many committed events are not yet published, and the age in seconds of
