@@ -7,7 +7,7 @@ use crate::broker::Names;
 use crate::broker::publisher::JobPublisher;
 use crate::config::{
     BridgeConfig, CommonConfig, DEV_JWT_SECRET, HttpConfig, IngressConfig, MetricsConfig,
-    RelayConfig, WorkerConfig,
+    Origins, RelayConfig, WorkerConfig,
 };
 use crate::http::ApiError;
 use crate::ingress::{self, IngressState, health};
@@ -22,6 +22,8 @@ use std::io::Write;
 use std::sync::Arc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use axum::http::{HeaderName, HeaderValue, Method, header};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
 /// Bind, announce the address on stdout (tests and scripts read it), serve until shutdown.
@@ -46,6 +48,7 @@ pub async fn serve_http(
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(http.body_limit_bytes))
+        .layer(cors(&http.cors_origins))
         .layer(TraceLayer::new_for_http());
     axum::serve(
         listener,
@@ -54,6 +57,35 @@ pub async fn serve_http(
     .with_graceful_shutdown(async move { shutdown.cancelled().await })
     .await
     .context("serving HTTP")
+}
+
+/// Cross-origin access for the listed origins only (outermost, so a preflight is answered
+/// before routing, rate limits or auth). No origins: no CORS headers at all, and browsers
+/// refuse cross-origin reads as they would without this layer.
+fn cors(origins: &Origins) -> CorsLayer {
+    let allowed: Vec<HeaderValue> = origins
+        .0
+        .iter()
+        .map(|o| HeaderValue::from_str(o).expect("origins are checked when parsed"))
+        .collect();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(allowed))
+        .allow_methods([Method::GET, Method::POST, Method::PUT])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::IF_MATCH,
+            HeaderName::from_static("idempotency-key"),
+            HeaderName::from_static("prefer"),
+            HeaderName::from_static("traceparent"),
+            HeaderName::from_static("last-event-id"),
+        ])
+        .expose_headers([
+            header::LOCATION,
+            header::ETAG,
+            header::RETRY_AFTER,
+        ])
+        .max_age(std::time::Duration::from_secs(600))
 }
 
 fn keys(http: &HttpConfig) -> Keys {

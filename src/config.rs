@@ -79,6 +79,35 @@ pub struct HttpConfig {
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "BODY_LIMIT_BYTES", default_value_t = 64 * 1024)]
     pub body_limit_bytes: usize,
+
+    /// Browser origins allowed to call the API and open the event stream cross-origin,
+    /// comma-separated (`https://shop.example,http://localhost:3000`). Empty: none.
+    #[arg(long, env = "CORS_ORIGINS", default_value = "", value_parser = parse_origins)]
+    pub cors_origins: Origins,
+}
+
+/// A list of exact browser origins (`scheme://host[:port]`).
+#[derive(Debug, Clone, Default)]
+pub struct Origins(pub Vec<String>);
+
+fn parse_origins(text: &str) -> Result<Origins, String> {
+    let mut origins = Vec::new();
+    for origin in text.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+        let url = url::Url::parse(origin).map_err(|e| format!("`{origin}`: {e}"))?;
+        let is_origin = matches!(url.scheme(), "http" | "https")
+            && url.host().is_some()
+            && url.path() == "/"
+            && !origin.ends_with('/')
+            && url.query().is_none()
+            && url.username().is_empty();
+        if !is_origin {
+            return Err(format!(
+                "`{origin}` is not an origin: scheme://host[:port], without a path or a trailing slash"
+            ));
+        }
+        origins.push(origin.to_owned());
+    }
+    Ok(Origins(origins))
 }
 
 /// The ingress: accepting jobs.
@@ -215,5 +244,20 @@ pub fn redact(url: &str) -> String {
             u.to_string()
         }
         _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod cors_tests {
+    use super::parse_origins;
+
+    #[test]
+    fn origins_are_exact_scheme_host_and_port() {
+        let parsed = parse_origins(" https://shop.example , http://127.0.0.1:18301").unwrap();
+        assert_eq!(parsed.0, ["https://shop.example", "http://127.0.0.1:18301"]);
+        assert!(parse_origins("").unwrap().0.is_empty());
+        for bad in ["shop.example", "https://shop.example/", "https://shop.example/app", "ftp://x.example", "*"] {
+            assert!(parse_origins(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -194,8 +194,10 @@ async fn subscribe(
         status: params.status.map(|s| s.to_string()),
     };
     let body = stream::open(state.clone(), filter, resume).await?;
-    Ok(Sse::new(body)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(state.cfg.sse_keepalive_secs))))
+    let sse = Sse::new(body)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(state.cfg.sse_keepalive_secs)));
+    // Reverse proxies (nginx and those that follow it) must not buffer a live stream.
+    Ok(([("x-accel-buffering", "no")], sse))
 }
 
 async fn stats(

@@ -197,15 +197,16 @@ pub async fn seq_bounds(conn: &mut PgConnection) -> sqlx::Result<(Option<i64>, O
 /// the oldest of them (0 when none). Both sets are small and indexed (unsequenced rows,
 /// and seqs past the published cursor), so this is cheap to sample.
 pub async fn lag(conn: &mut PgConnection) -> sqlx::Result<(i64, f64)> {
-    sqlx::query_as(
-        "with pending as (
-             select created_at from outbox where seq is null
-             union all
-             select created_at from outbox where seq > (select published_seq from outbox_cursor))
-         select count(*)::bigint,
-                coalesce(extract(epoch from now() - min(created_at)), 0)::float8
-         from pending",
+    let row = sqlx::query!(
+        r#"with pending as (
+               select created_at from outbox where seq is null
+               union all
+               select created_at from outbox where seq > (select published_seq from outbox_cursor))
+           select count(*)::bigint as "count!",
+                  coalesce(extract(epoch from now() - min(created_at)), 0)::float8 as "age!"
+           from pending"#
     )
     .fetch_one(conn)
-    .await
+    .await?;
+    Ok((row.count, row.age))
 }
