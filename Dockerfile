@@ -5,6 +5,10 @@ WORKDIR /src
 # No database at build time: the query macros read the query data committed in .sqlx/
 # (SQLX_OFFLINE), and migrations are embedded from migrations/.
 ENV SQLX_OFFLINE=true
+# `.git` is not in the build context: pass the commit for --version and build info
+# (`docker build --build-arg ORDERFLOW_GIT_SHA=$(git rev-parse --short=12 HEAD) .`).
+ARG ORDERFLOW_GIT_SHA=unknown
+ENV ORDERFLOW_GIT_SHA=$ORDERFLOW_GIT_SHA
 COPY . .
 RUN cargo build --release --locked -p orderflow --bins
 

@@ -6,8 +6,8 @@ use crate::auth::Keys;
 use crate::broker::Names;
 use crate::broker::publisher::JobPublisher;
 use crate::config::{
-    BridgeConfig, CommonConfig, DEV_JWT_SECRET, HttpConfig, IngressConfig, MetricsConfig,
-    Origins, RelayConfig, WorkerConfig,
+    BridgeConfig, CommonConfig, DEV_JWT_SECRET, HttpConfig, IngressConfig, MetricsConfig, Origins,
+    RelayConfig, WorkerConfig,
 };
 use crate::http::ApiError;
 use crate::ingress::{self, IngressState, health};
@@ -17,12 +17,12 @@ use crate::{relay, worker};
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue, Method, header};
 use sqlx::PgPool;
 use std::io::Write;
 use std::sync::Arc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use axum::http::{HeaderName, HeaderValue, Method, header};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
@@ -44,9 +44,9 @@ pub async fn serve_http(
     }
     let app = router
         .merge(crate::metrics::router())
-        .layer(axum::middleware::from_fn(crate::metrics::track_http))
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(axum::middleware::from_fn(crate::metrics::track_http))
         .layer(DefaultBodyLimit::max(http.body_limit_bytes))
         .layer(cors(&http.cors_origins))
         .layer(TraceLayer::new_for_http());
@@ -80,11 +80,7 @@ fn cors(origins: &Origins) -> CorsLayer {
             HeaderName::from_static("traceparent"),
             HeaderName::from_static("last-event-id"),
         ])
-        .expose_headers([
-            header::LOCATION,
-            header::ETAG,
-            header::RETRY_AFTER,
-        ])
+        .expose_headers([header::LOCATION, header::ETAG, header::RETRY_AFTER])
         .max_age(std::time::Duration::from_secs(600))
 }
 
@@ -145,6 +141,7 @@ pub async fn run_ingress(
     cfg: IngressConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    crate::metrics::handle();
     crate::shutdown::watchdog(
         &shutdown,
         std::time::Duration::from_secs(common.shutdown_timeout_secs),
@@ -170,6 +167,7 @@ pub async fn run_worker(
     metrics: MetricsConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    crate::metrics::handle();
     crate::shutdown::watchdog(
         &shutdown,
         std::time::Duration::from_secs(common.shutdown_timeout_secs),
@@ -210,12 +208,13 @@ pub async fn run_relay(
     metrics: MetricsConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    crate::metrics::handle();
     crate::shutdown::watchdog(
         &shutdown,
         std::time::Duration::from_secs(common.shutdown_timeout_secs),
     );
     let pool = db::connect(&common).await?;
-    sample_metrics(&pool, None, &shutdown);
+    sample_metrics(&pool, Some(&common), &shutdown);
     let mut tasks = JoinSet::new();
     serve_metrics(&mut tasks, &metrics, &shutdown);
     tasks.spawn(relay::run(
@@ -235,11 +234,13 @@ pub async fn run_bridge(
     cfg: BridgeConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    crate::metrics::handle();
     crate::shutdown::watchdog(
         &shutdown,
         std::time::Duration::from_secs(common.shutdown_timeout_secs),
     );
     let pool = db::connect(&common).await?;
+    sample_metrics(&pool, None, &shutdown);
     let state = BridgeState::new(keys(&http), pool.clone(), cfg, shutdown.clone());
     sse::prime(&state).await?;
     let mut tasks = JoinSet::new();
@@ -267,6 +268,7 @@ pub struct AllConfig {
 /// `orderflow all`: create the database if needed, migrate, and run every role in this
 /// process, with the ingress and the SSE streams on one HTTP port.
 pub async fn run_all(cfg: AllConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    crate::metrics::handle();
     crate::shutdown::watchdog(
         &shutdown,
         std::time::Duration::from_secs(cfg.common.shutdown_timeout_secs),

@@ -256,7 +256,13 @@ mod cors_tests {
         let parsed = parse_origins(" https://shop.example , http://127.0.0.1:18301").unwrap();
         assert_eq!(parsed.0, ["https://shop.example", "http://127.0.0.1:18301"]);
         assert!(parse_origins("").unwrap().0.is_empty());
-        for bad in ["shop.example", "https://shop.example/", "https://shop.example/app", "ftp://x.example", "*"] {
+        for bad in [
+            "shop.example",
+            "https://shop.example/",
+            "https://shop.example/app",
+            "ftp://x.example",
+            "*",
+        ] {
             assert!(parse_origins(bad).is_err(), "{bad}");
         }
     }

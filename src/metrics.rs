@@ -41,6 +41,7 @@ pub const OUTBOX_UNPUBLISHED: &str = "orderflow_outbox_unpublished_events";
 pub const OUTBOX_OLDEST_AGE: &str = "orderflow_outbox_oldest_unpublished_age_seconds";
 pub const RELAY_PUBLISHED: &str = "orderflow_relay_events_published_total";
 pub const RELAY_CONFIRM: &str = "orderflow_relay_confirm_duration_seconds";
+pub const RELAY_SEQ_CONFLICTS: &str = "orderflow_relay_seq_conflicts_total";
 pub const SSE_CONNECTIONS: &str = "orderflow_sse_connections";
 pub const SSE_EVENTS_SENT: &str = "orderflow_sse_events_sent_total";
 pub const SSE_SLOW_DISCONNECTS: &str = "orderflow_sse_slow_disconnects_total";
@@ -142,8 +143,9 @@ fn describe() {
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
-/// The process's recorder, installed on first use: one registry however many roles the
-/// process runs (`orderflow all` serves them all on one port).
+/// The process's recorder, installed on first use — every role calls this as it starts,
+/// so nothing counted is lost: one registry however many roles the process runs
+/// (`orderflow all` serves them all on one port).
 pub fn handle() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         let seconds = [

@@ -8,7 +8,10 @@ use crate::event::Event;
 use futures::StreamExt;
 use futures::future::Either;
 use lapin::Confirmation;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{
+    BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
+    ConfirmSelectOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection};
 use std::collections::HashMap;
@@ -285,10 +288,15 @@ impl JobPublisher {
 pub type Sending<'a> =
     std::pin::Pin<Box<dyn Future<Output = Result<(), PublishError>> + Send + 'a>>;
 
+/// One publish on its way: queued on the channel, then written, then a confirm to await.
+type Publishing<'a> = futures::future::BoxFuture<'a, lapin::Result<lapin::PublisherConfirm>>;
+
 /// The relay's publisher of events: pipelined publishes, then every confirm awaited.
+/// Each batch is preceded by the relay marker (its last seq), see [`Names::relay_marker`].
 pub struct EventPublisher {
     channel: Channel,
     exchange: String,
+    marker: String,
 }
 
 impl EventPublisher {
@@ -301,7 +309,43 @@ impl EventPublisher {
         Ok(EventPublisher {
             channel,
             exchange: names.events.clone(),
+            marker: names.relay_marker.clone(),
         })
+    }
+
+    /// The highest seq any relay has sent, as the broker remembers it (the marker queue's
+    /// one message, looked at and put back). None before the first batch ever.
+    pub async fn sent_high_water(&self, conn: &Connection) -> anyhow::Result<Option<i64>> {
+        use anyhow::Context as _;
+        let peek = conn.create_channel().await?;
+        let got = peek
+            .basic_get(
+                self.marker.as_str().into(),
+                BasicGetOptions { no_ack: false },
+            )
+            .await
+            .context("reading the relay marker")?;
+        let seq = match got {
+            None => None,
+            Some(message) => {
+                let text = String::from_utf8_lossy(&message.delivery.data).into_owned();
+                message
+                    .delivery
+                    .acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await?;
+                Some(
+                    text.trim()
+                        .parse::<i64>()
+                        .with_context(|| format!("the relay marker holds `{text}`, not a seq"))?,
+                )
+            }
+        };
+        let _ = peek.close(200, "peeked".into()).await;
+        Ok(seq)
     }
 
     /// Queue `events` for publishing, in order, before returning; the returned future
@@ -314,9 +358,18 @@ impl EventPublisher {
             // costs a hand-off to the I/O loop per event; instead each publish is polled
             // once, in order — which fixes the order on the wire — and the writes are
             // awaited together.
-            let mut sends = Vec::with_capacity(events.len());
+            let mut sends: Vec<Either<_, Publishing<'_>>> = Vec::with_capacity(events.len() + 1);
+            // The marker first: a seq is "used" once it may have left, so the broker's
+            // memory is never behind what consumers could have seen.
+            if let Some(last) = events.last() {
+                let mut mark = Box::pin(self.publish_marker(last.seq));
+                sends.push(match futures::poll!(mark.as_mut()) {
+                    Poll::Ready(sent) => Either::Left(std::future::ready(sent)),
+                    Poll::Pending => Either::Right(mark),
+                });
+            }
             for e in &events {
-                let mut send = Box::pin(self.publish(e));
+                let mut send: Publishing<'_> = Box::pin(self.publish(e));
                 let first = futures::poll!(send.as_mut());
                 sends.push(match first {
                     Poll::Ready(sent) => Either::Left(std::future::ready(sent)),
@@ -335,6 +388,27 @@ impl EventPublisher {
             Poll::Ready(done) => Box::pin(std::future::ready(done)),
             Poll::Pending => sending,
         }
+    }
+
+    fn publish_marker(&self, seq: i64) -> Publishing<'_> {
+        let props = BasicProperties::default()
+            .with_content_type("text/plain".into())
+            .with_delivery_mode(PERSISTENT);
+        let body = seq.to_string().into_bytes();
+        Box::pin(async move {
+            self.channel
+                .basic_publish(
+                    "".into(),
+                    self.marker.as_str().into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    &body,
+                    props,
+                )
+                .await
+        })
     }
 
     fn publish<'a>(

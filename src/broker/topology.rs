@@ -50,6 +50,9 @@ pub struct Names {
     /// Work queue of bulk operations (one message per bulk; its own consumers and limits,
     /// so a large bulk never delays single changes).
     pub bulk: String,
+    /// One message, the highest `seq` the active relay has sent (max-length 1): the
+    /// broker's memory of which event ids are used, checked at every relay takeover.
+    pub relay_marker: String,
     pub retry: RetryPolicy,
 }
 
@@ -61,6 +64,7 @@ impl Names {
             jobs: format!("{namespace}orderflow.jobs"),
             jobs_dead: format!("{namespace}orderflow.jobs.dead"),
             bulk: format!("{namespace}orderflow.bulk"),
+            relay_marker: format!("{namespace}orderflow.relay.published"),
             retry,
         }
     }
@@ -88,7 +92,12 @@ impl Names {
 
     /// Every durable queue of this namespace (for operators and test cleanup).
     pub fn durable_queues(&self) -> Vec<String> {
-        let mut queues = vec![self.jobs.clone(), self.jobs_dead.clone(), self.bulk.clone()];
+        let mut queues = vec![
+            self.jobs.clone(),
+            self.jobs_dead.clone(),
+            self.bulk.clone(),
+            self.relay_marker.clone(),
+        ];
         queues.extend(self.retry.steps().map(|n| self.jobs_retry(n)));
         queues
     }
@@ -129,6 +138,13 @@ pub async fn declare(channel: &Channel, names: &Names) -> lapin::Result<()> {
             names.jobs_dead.as_str().into(),
             durable,
             FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_declare(
+            names.relay_marker.as_str().into(),
+            durable,
+            args(&[("x-max-length", AMQPValue::LongInt(1))]),
         )
         .await?;
     for work_queue in [&names.jobs, &names.bulk] {
@@ -195,6 +211,7 @@ mod tests {
                 "ns.orderflow.jobs",
                 "ns.orderflow.jobs.dead",
                 "ns.orderflow.bulk",
+                "ns.orderflow.relay.published",
                 "ns.orderflow.jobs.retry.1",
                 "ns.orderflow.jobs.retry.2",
                 "ns.orderflow.jobs.retry.3"

@@ -40,7 +40,6 @@ impl Limits {
         }))
     }
 
-    /// Ok, or how long the caller should wait.
     /// Ok, or how long to wait and which limiter (`actor`, `ip`) said so.
     fn check(
         &self,

@@ -109,12 +109,21 @@ async fn publish_loop(
     listener.listen(OUTBOX_CHANNEL).await?;
     let conn = broker::connect(url, "outbox-relay").await?;
     let publisher = EventPublisher::open(&conn, names).await?;
+    let floor = seq_floor(pool, &publisher, &conn).await?;
     let poll = Duration::from_millis(cfg.relay_poll_ms);
     let mut retention =
         tokio::time::interval(Duration::from_secs(cfg.retention_interval_secs.max(1)));
     retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        drain(pool, lock, &publisher, cfg.relay_batch_size, shutdown).await?;
+        drain(
+            pool,
+            lock,
+            &publisher,
+            cfg.relay_batch_size,
+            floor,
+            shutdown,
+        )
+        .await?;
         tokio::select! {
             _ = shutdown.cancelled() => break,
             n = listener.recv() => { n.context("NOTIFY listener")?; }
@@ -151,6 +160,31 @@ async fn prune(pool: &PgPool, retention_secs: u64, batch: i64) -> anyhow::Result
     Ok(())
 }
 
+/// At takeover: the lowest seq new events may follow. Normally the database knows every
+/// seq the broker has seen. After a failover to a standby that had not received the latest
+/// commits (asynchronous replication), the broker's marker can be ahead: those seqs were
+/// published for events this database no longer numbers, and reusing them would give two
+/// different events one id — consumers that dedupe by id would drop the second. They are
+/// not reused: new events are numbered after the marker, loudly (docs/scaling.md).
+async fn seq_floor(
+    pool: &PgPool,
+    publisher: &EventPublisher,
+    conn: &lapin::Connection,
+) -> anyhow::Result<i64> {
+    let known = outbox::seq_high_water(&mut *pool.acquire().await?).await?;
+    let sent = publisher.sent_high_water(conn).await?.unwrap_or(0);
+    if sent > known {
+        tracing::error!(
+            from = known + 1,
+            through = sent,
+            "the broker has seen event seqs this database does not know (a failover lost \
+             commits?); not reusing them: new events are numbered after {sent}"
+        );
+        counter!(metrics::RELAY_SEQ_CONFLICTS).increment(1);
+    }
+    Ok(sent.max(known))
+}
+
 /// Publish until nothing is left (or shutdown): first what is sequenced but unconfirmed,
 /// then new rows, sequenced a batch at a time (their seqs committed before they are sent).
 /// Two batches are in flight: the next one is sequenced and queued while the broker
@@ -161,6 +195,7 @@ pub async fn drain(
     lock: &mut PgConnection,
     publisher: &EventPublisher,
     batch: i64,
+    floor: i64,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<usize> {
     let mut conn = pool.acquire().await?;
@@ -184,7 +219,7 @@ pub async fn drain(
             }
             if next.is_empty() {
                 let mut tx = pool.begin().await?;
-                next = outbox::sequence(&mut tx, batch).await?;
+                next = outbox::sequence(&mut tx, batch, floor).await?;
                 tx.commit().await?;
             }
         }

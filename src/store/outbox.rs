@@ -66,16 +66,19 @@ fn events(mut rows: Vec<StoredEvent>) -> Vec<Event> {
 }
 
 /// Give the oldest unsequenced rows (id order) the next seqs, gap-free after the highest
-/// seq so far, and return them in seq order. Only the relay holding the advisory lock calls
-/// this, so `max(seq)` is stable; were two ever to race, the unique `seq` fails one of them.
-pub async fn sequence(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<Event>> {
+/// seq so far — and after `floor`, seqs the broker has seen that this database does not
+/// know (see the relay's takeover check) — and return them in seq order. Only the relay
+/// holding the advisory lock calls this, so `max(seq)` is stable; were two ever to race,
+/// the unique `seq` fails one of them.
+pub async fn sequence(conn: &mut PgConnection, limit: i64, floor: i64) -> sqlx::Result<Vec<Event>> {
     // After retention pruned every published row, the cursor still remembers the last seq.
     let rows = sqlx::query_as!(
         StoredEvent,
         r#"with next as (select id from outbox where seq is null order by id limit $1),
                 numbered as (select id, row_number() over (order by id) as ord from next),
                 base as (select greatest(coalesce(max(seq), 0),
-                                         (select published_seq from outbox_cursor)) as max_seq
+                                         (select published_seq from outbox_cursor),
+                                         $2) as max_seq
                          from outbox)
            update outbox o set seq = base.max_seq + n.ord
            from numbered n, base
@@ -83,10 +86,22 @@ pub async fn sequence(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<E
            returning seq as "seq!", event_type, routing_key, order_id, customer_id, to_status,
                   traceparent, payload::text as "payload!""#,
         limit,
+        floor,
     )
     .fetch_all(conn)
     .await?;
     Ok(events(rows))
+}
+
+/// The highest seq this database knows of: the greatest stamped, or the published cursor
+/// (which outlives pruned rows).
+pub async fn seq_high_water(conn: &mut PgConnection) -> sqlx::Result<i64> {
+    sqlx::query_scalar!(
+        r#"select greatest(coalesce((select max(seq) from outbox), 0),
+                           (select published_seq from outbox_cursor)) as "high!""#
+    )
+    .fetch_one(conn)
+    .await
 }
 
 /// Sequenced rows after `after`, in seq order. After the published cursor, these are

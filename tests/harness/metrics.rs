@@ -49,7 +49,14 @@ impl Scrape {
 
     /// The sum of every sample of `name` whose labels include `labels` (0 when none).
     pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.samples
+        self.get(name, labels).unwrap_or(0.0)
+    }
+
+    /// The sum of every sample of `name` whose labels include `labels`; None when there is
+    /// no such sample (not recorded yet — which is not the same as 0).
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let mut matching = self
+            .samples
             .iter()
             .filter(|(n, ls, _)| {
                 n == name
@@ -57,8 +64,10 @@ impl Scrape {
                         .iter()
                         .all(|(k, v)| ls.iter().any(|(lk, lv)| lk == k && lv == v))
             })
-            .map(|(_, _, v)| v)
-            .sum()
+            .map(|(_, _, v)| *v)
+            .peekable();
+        matching.peek()?;
+        Some(matching.sum())
     }
 
     /// Whether any sample of `name` exists at all.
@@ -77,7 +86,8 @@ fn labels_of(text: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Scrape until `name{labels}` satisfies `wanted` (described by `what`); the last scrape.
+/// Scrape until a sample `name{labels}` exists and satisfies `wanted` (described by
+/// `what`); the last scrape.
 pub async fn wait_for(
     sys: &TestSystem,
     name: &str,
@@ -89,11 +99,10 @@ pub async fn wait_for(
     let description = format!("{name}{labels:?} {what}");
     wait::expect_within(within, &description, || async {
         let scrape = Scrape::of(sys).await;
-        let v = scrape.value(name, labels);
-        if wanted(v) {
-            Ok(scrape)
-        } else {
-            Err(format!("{v}"))
+        match scrape.get(name, labels) {
+            Some(v) if wanted(v) => Ok(scrape),
+            Some(v) => Err(format!("{v}")),
+            None => Err("no such sample yet".to_owned()),
         }
     })
     .await
