@@ -17,6 +17,7 @@ mod pagination;
 mod pipeline;
 mod rate_limits;
 mod rejections;
+mod seq_reuse;
 mod sse_resume;
 mod state_machine;
 mod visibility;
