@@ -289,3 +289,95 @@ async fn oversized_body_gets_413_and_creates_nothing() {
     sys.stop().await;
     assert_eq!(after, before, "oversized requests wrote rows");
 }
+
+/// Inputs that used to escape the contract's error shape (a 500 from Postgres, a bare 405).
+fn escapes(order: Uuid) -> Vec<(Method, String, Option<Value>, u16, &'static str)> {
+    let change = format!("/orders/{order}/change-status");
+    let bulk =
+        json!({"selection": {"order_ids": [order]}, "action": "cancel", "mode": "best_effort"});
+    let mut bulk_nul = bulk.clone();
+    bulk_nul["reason"] = json!("bulk\u{0}reason");
+    vec![
+        (
+            Method::POST,
+            change.clone(),
+            Some(json!({"action": "cancel", "reason": "a\u{0}b"})),
+            400,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            change,
+            Some(json!({"action": "ship", "tracking_number": "1Z\u{0}9"})),
+            400,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            "/orders/bulk/status-update".into(),
+            Some(bulk_nul),
+            400,
+            "invalid_request",
+        ),
+        (
+            Method::GET,
+            "/inventory/a%00b".into(),
+            None,
+            400,
+            "invalid_request",
+        ),
+        (
+            Method::PUT,
+            "/inventory/a%00b".into(),
+            Some(json!({"on_hand": 1})),
+            400,
+            "invalid_request",
+        ),
+        (
+            Method::DELETE,
+            format!("/orders/{order}"),
+            None,
+            405,
+            "method_not_allowed",
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nul_characters_bad_skus_and_unsupported_methods_get_the_error_shape() {
+    let sys = TestSystem::start().await;
+    let atok = sys.token("admin", Uuid::new_v4());
+    let order = sys.create_simple_order(&atok).await;
+    let before = row_counts(&sys).await;
+    let mut failures = Vec::new();
+    for (method, path, body, status, code) in escapes(order) {
+        let mut req = sys.request(method.clone(), &path, Some(&atok));
+        if let Some(body) = &body {
+            req = req.json(body);
+        }
+        let answer = sys.send(req, &format!("{method} {path}")).await;
+        let shaped = answer.body["error"]["message"].is_string();
+        if answer.status.as_u16() != status || answer.code() != Some(code) || !shaped {
+            failures.push(format!(
+                "{method} {path} {body:?}: expected {status} {code}, got {} {}",
+                answer.status, answer.body
+            ));
+        }
+        if status == 405 && answer.header("allow").is_none_or(|a| !a.contains("GET")) {
+            failures.push(format!(
+                "{method} {path}: 405 without an Allow header naming GET"
+            ));
+        }
+    }
+    assert_eq!(
+        row_counts(&sys).await,
+        before,
+        "refused requests wrote rows"
+    );
+    sys.stop().await;
+    assert!(
+        failures.is_empty(),
+        "outside the contract:\n{}",
+        failures.join("\n")
+    );
+}

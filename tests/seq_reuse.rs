@@ -56,7 +56,11 @@ async fn a_rewound_cursor_does_not_reuse_published_seqs() {
         .fetch_all(sys.db())
         .await
         .expect("seqs");
-    assert_eq!(stamped, vec![5, 6, 7], "numbered after the broker's marker, gap-free");
+    assert_eq!(
+        stamped,
+        vec![5, 6, 7],
+        "numbered after the broker's marker, gap-free"
+    );
     let scrape = Scrape::of(&sys).await;
     assert_eq!(
         scrape.value("orderflow_relay_seq_conflicts_total", &[]),
