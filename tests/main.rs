@@ -8,6 +8,7 @@ mod harness;
 
 mod authentication;
 mod bulk;
+mod cors;
 mod dead_letters;
 mod exactly_once;
 mod faults;
