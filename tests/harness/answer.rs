@@ -84,3 +84,16 @@ impl Answer {
         answer
     }
 }
+
+/// Asserts the response's content type starts with `expected` (`what` names the request).
+pub fn expect_content_type(resp: &reqwest::Response, expected: &str, what: &str) {
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    assert!(
+        content_type.starts_with(expected),
+        "{what}: content-type {content_type:?}, expected {expected}"
+    );
+}

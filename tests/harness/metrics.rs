@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::harness::answer::expect_content_type;
 use crate::harness::{TestSystem, wait};
 
 /// One scrape of `/metrics`.
@@ -17,16 +18,7 @@ impl Scrape {
             .await
             .expect("GET /metrics");
         assert_eq!(resp.status(), 200, "GET /metrics");
-        let content_type = resp
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        assert!(
-            content_type.starts_with("text/plain"),
-            "/metrics content-type {content_type:?}"
-        );
+        expect_content_type(&resp, "text/plain", "GET /metrics");
         Self::parse(resp.text().await.expect("reading /metrics"))
     }
 

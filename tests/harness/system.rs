@@ -15,6 +15,7 @@ use tokio::{
 };
 use uuid::Uuid;
 
+use super::answer::expect_content_type;
 use super::{
     Answer, Broker, BrokerUse, JOB_DEADLINE, Sandbox, SseStream, listening_url, tokens, wait,
 };
@@ -371,15 +372,10 @@ impl TestSystem {
                 answer.status, answer.body
             );
         }
-        let content_type = resp
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        assert!(
-            content_type.starts_with("text/event-stream"),
-            "SSE GET {path_and_query}: content-type {content_type:?}"
+        expect_content_type(
+            &resp,
+            "text/event-stream",
+            &format!("SSE GET {path_and_query}"),
         );
         SseStream::new(resp)
     }
