@@ -2,8 +2,8 @@
 //! bridge's memory per idle connection (RSS of the system's process, from /proc), the
 //! fan-out of one event to every subscriber, and that subscribers which stop reading are
 //! cut off by the bridge (it counts them in `slow_disconnects`) without slowing the
-//! others: during a flood of events the slow ones cannot keep up with, the fan-out to the
-//! rest is measured again.
+//! others: the fan-out is measured while quiet, during a flood of events, and during the
+//! same flood with subscribers that never read (which cannot keep up with it).
 //!
 //! The subscribers that read all ask for `status=cancelled`; the probe events are
 //! cancellations, one order each, and the flood is a bulk `mark_paid` (events they do not
@@ -38,12 +38,12 @@ pub struct SseArgs {
     /// Subscribers that never read (the bridge must disconnect them, not wait for them).
     #[arg(long, default_value_t = 10)]
     pub slow: usize,
-    /// Events fanned out one at a time while all is quiet, and again during the flood.
+    /// Events fanned out one at a time while all is quiet, and again during each flood.
     #[arg(long, default_value_t = 20)]
     pub probes: usize,
     /// Events in the flood: more than a subscriber that never reads can hold (the bridge
     /// buffers 1024 events per connection, the HTTP stack and the sockets some hundred KB).
-    #[arg(long, default_value_t = 5_000)]
+    #[arg(long, default_value_t = 10_000)]
     pub flood: usize,
     /// Subscriptions being opened at one time.
     #[arg(long, default_value_t = 256)]
@@ -112,10 +112,12 @@ async fn bench(system: &System, args: &SseArgs) -> anyhow::Result<()> {
     let admin = token::admin(system::SECRET);
     let control = reqwest::Client::new();
     let mut db = PgConnection::connect(&system.db_url).await?;
-    let probes = seed::orders(&mut db, args.probes * 2, None).await?;
-    let flood_customer = Uuid::new_v4();
-    seed::orders(&mut db, args.flood, Some(flood_customer)).await?;
-    let (quiet_probes, flood_probes) = probes.split_at(args.probes);
+    let probes = seed::orders(&mut db, args.probes * 3, None).await?;
+    let (control_customer, slow_customer) = (Uuid::new_v4(), Uuid::new_v4());
+    seed::orders(&mut db, args.flood, Some(control_customer)).await?;
+    seed::orders(&mut db, args.flood, Some(slow_customer)).await?;
+    let mut probe_sets = probes.chunks(args.probes.max(1));
+    let mut next_probes = || probe_sets.next().unwrap_or_default();
     let board = Arc::new(Board::new(&probes));
 
     // Idle connections: the system's RSS before and after.
@@ -143,36 +145,35 @@ async fn bench(system: &System, args: &SseArgs) -> anyhow::Result<()> {
         rss_kib(std::process::id()).unwrap_or(0) / 1024,
     );
 
-    let slow = connect_slow(system, &admin, args.slow).await?;
-    println!("{} slow subscribers connected (never reading)", slow.len());
-
-    let quiet = fan_out(&control, system, &admin, &board, quiet_probes, None).await?;
+    let quiet = fan_out(&control, system, &admin, &board, next_probes(), None).await?;
     quiet.print("quiet");
-
-    let bulk: Value = control
-        .post(format!("{}/orders/bulk/status-update", system.base))
-        .bearer_auth(&admin)
-        .json(&json!({
-            "selection": { "filter": { "customer_id": flood_customer } },
-            "action": "mark_paid", "reason": "benchmark flood", "mode": "best_effort",
-        }))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let flood = fan_out(
+    let flooded = flood(
         &control,
         system,
         &admin,
         &board,
-        flood_probes,
-        Some(Duration::from_millis(50)),
+        control_customer,
+        next_probes(),
     )
     .await?;
-    let bulk_id = bulk["bulk_id"].as_str().context("no bulk_id")?;
-    wait_bulk(&control, system, &admin, bulk_id).await?;
-    flood.print(&format!("during a flood of {} events", args.flood));
+    flooded.print(&format!("during a flood of {} events", args.flood));
+
+    let slow = connect_slow(system, &admin, args.slow).await?;
+    println!("{} slow subscribers connected (never reading)", slow.len());
+    let flooded = flood(
+        &control,
+        system,
+        &admin,
+        &board,
+        slow_customer,
+        next_probes(),
+    )
+    .await?;
+    flooded.print(&format!(
+        "during a flood of {} events, {} slow subscribers",
+        args.flood,
+        slow.len()
+    ));
 
     let stats = bridge_stats(&control, system, &admin).await?;
     println!(
@@ -184,6 +185,42 @@ async fn bench(system: &System, args: &SseArgs) -> anyhow::Result<()> {
     drop(slow);
     subscribers.abort_all();
     Ok(())
+}
+
+/// A bulk `mark_paid` over `customer`'s orders (the flood), probes fanned out every
+/// 50 ms meanwhile; returns once the bulk is done and every probe has arrived.
+async fn flood(
+    http: &reqwest::Client,
+    system: &System,
+    token: &str,
+    board: &Board,
+    customer: Uuid,
+    probes: &[Uuid],
+) -> anyhow::Result<FanOut> {
+    let bulk: Value = http
+        .post(format!("{}/orders/bulk/status-update", system.base))
+        .bearer_auth(token)
+        .json(&json!({
+            "selection": { "filter": { "customer_id": customer } },
+            "action": "mark_paid", "reason": "benchmark flood", "mode": "best_effort",
+        }))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let figures = fan_out(
+        http,
+        system,
+        token,
+        board,
+        probes,
+        Some(Duration::from_millis(50)),
+    )
+    .await?;
+    let bulk_id = bulk["bulk_id"].as_str().context("no bulk_id")?;
+    wait_bulk(http, system, token, bulk_id).await?;
+    Ok(figures)
 }
 
 /// Open the reading subscribers, `connect_concurrency` at a time; returns once each is
