@@ -219,7 +219,12 @@ impl System {
     async fn remove_namespace(&self) -> anyhow::Result<()> {
         let conn = Connection::connect(&self.amqp_url, ConnectionProperties::default()).await?;
         let mut channel = conn.create_channel().await?;
-        for q in ["orderflow.jobs", "orderflow.jobs.dead", "orderflow.bulk"] {
+        for q in [
+            "orderflow.jobs",
+            "orderflow.jobs.dead",
+            "orderflow.bulk",
+            "orderflow.relay.published",
+        ] {
             channel
                 .queue_delete(self.name(q).as_str().into(), Default::default())
                 .await?;

@@ -190,12 +190,14 @@ async fn remove(left: Leftovers) {
         return;
     };
     // The durable queues a namespace may have (deleting one that does not exist is a no-op):
-    // work and dead queues, one delay queue per retry step, and the test's own.
+    // work and dead queues, the relay's marker, one delay queue per retry step, and the
+    // test's own.
     let mut queues: Vec<String> = [
         "orderflow.jobs",
         "orderflow.jobs.dead",
         "orderflow.bulk",
         "orderflow.bulk.dead",
+        "orderflow.relay.published",
     ]
     .iter()
     .map(|q| format!("{ns}{q}"))
