@@ -279,6 +279,33 @@ impl JobPublisher {
     pub async fn check_ready(&self) -> Result<(), PublishError> {
         self.session().await.map(|_| ())
     }
+
+    /// Messages ready in each durable job queue, by name (for the operations overview).
+    /// Passive declares on a channel of their own, so a failure cannot touch publishing.
+    pub async fn queue_depths(&self) -> Result<Vec<(String, u32)>, PublishError> {
+        let session = self.session().await?;
+        tokio::time::timeout(self.timeout, async {
+            let channel = session._conn.create_channel().await?;
+            let mut depths = Vec::new();
+            for queue in self.names.durable_queues() {
+                let declared = channel
+                    .queue_declare(
+                        queue.as_str().into(),
+                        lapin::options::QueueDeclareOptions {
+                            passive: true,
+                            ..Default::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await?;
+                depths.push((queue, declared.message_count()));
+            }
+            let _ = channel.close(200, "OK".into()).await;
+            Ok(depths)
+        })
+        .await
+        .unwrap_or(Err(PublishError::Timeout(self.timeout)))
+    }
 }
 
 /// Events queued on the channel, waiting for the broker's confirms (see [`EventPublisher::send`]).

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod bulk;
+pub mod console;
 pub mod docs;
 pub mod error;
 pub mod extract;
@@ -12,6 +13,7 @@ pub mod inventory;
 pub mod jobs;
 pub mod limits;
 pub mod orders;
+pub mod overview;
 
 use crate::auth::{HasKeys, Keys};
 use crate::broker::publisher::JobPublisher;
@@ -44,6 +46,7 @@ pub fn router(state: IngressState) -> Router {
         .merge(jobs::router())
         .merge(docs::router())
         .merge(admin::router())
+        .merge(overview::router())
         .merge(bulk::router().layer(axum::extract::DefaultBodyLimit::max(
             state.cfg.bulk_body_limit_bytes,
         )))
@@ -51,5 +54,7 @@ pub fn router(state: IngressState) -> Router {
             state.clone(),
             limits::middleware,
         ))
+        // Static files, outside the per-IP limit that unauthenticated requests count against.
+        .merge(console::router())
         .with_state(state)
 }

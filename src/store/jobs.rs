@@ -266,21 +266,27 @@ pub async fn take_stale(
     .await
 }
 
-/// One page of jobs, newest first (ids are UUIDv7), optionally of one status.
+/// One page of jobs, newest first (ids are UUIDv7), optionally of one status, kind and
+/// error code.
 pub async fn list(
     conn: &mut PgConnection,
     status: Option<&str>,
+    kind: Option<&str>,
+    error_code: Option<&str>,
     before: Option<Uuid>,
     limit: i64,
 ) -> sqlx::Result<Vec<Job>> {
     sqlx::query_as(&format!(
         "select {COLUMNS} from jobs
          where ($1::text is null or status = $1) and ($2::uuid is null or id < $2)
+           and ($4::text is null or kind = $4) and ($5::text is null or error->>'code' = $5)
          order by id desc limit $3"
     ))
     .bind(status)
     .bind(before)
     .bind(limit)
+    .bind(kind)
+    .bind(error_code)
     .fetch_all(conn)
     .await
 }
@@ -313,6 +319,46 @@ pub async fn job_of_bulk(conn: &mut PgConnection, bulk_id: Uuid) -> sqlx::Result
         "select id from jobs where bulk_id = $1 and kind = 'bulk' order by id limit 1",
     )
     .bind(bulk_id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Ids of dead jobs matching the filter (`kind`, `error.code`), oldest first, at most
+/// `limit`: what "retry every dead job matching" redrives.
+pub async fn dead_matching(
+    conn: &mut PgConnection,
+    kind: Option<&str>,
+    error_code: Option<&str>,
+    limit: i64,
+) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar(
+        "select id from jobs
+         where status = 'dead' and ($1::text is null or kind = $1)
+           and ($2::text is null or error->>'code' = $2)
+         order by id limit $3",
+    )
+    .bind(kind)
+    .bind(error_code)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Give up on a dead job: it becomes `cancelled`, keeping why it died under
+/// `error.dead_error`. `None` unless it was dead (so a concurrent retry wins or loses
+/// cleanly); its parked message, if shovelled back, then changes nothing.
+pub async fn discard_dead(
+    conn: &mut PgConnection,
+    id: Uuid,
+    error: &Value,
+) -> sqlx::Result<Option<Job>> {
+    sqlx::query_as(&format!(
+        "update jobs set status = 'cancelled', error = $2 || jsonb_build_object('dead_error', error),
+                updated_at = now()
+         where id = $1 and status = 'dead' returning {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(error)
     .fetch_optional(conn)
     .await
 }

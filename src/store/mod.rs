@@ -8,6 +8,7 @@ pub mod inventory;
 pub mod jobs;
 pub mod orders;
 pub mod outbox;
+pub mod overview;
 
 /// Is this database error worth retrying (the same statements may well succeed again)?
 pub fn is_transient(err: &sqlx::Error) -> bool {
