@@ -44,7 +44,8 @@ export function barChart(points, { unit = "", label = "chart", width = 720, heig
     bar.append(s("title", {}, `${p.at.toLocaleTimeString()}: ${+p.value.toFixed(2)} ${unit}`));
     svg.append(bar);
   });
-  const ticks = 5;
+  // About one time label per 130 px, so they never overlap.
+  const ticks = Math.max(1, Math.min(5, Math.floor(w / 130)));
   for (let i = 0; i <= ticks; i++) {
     const idx = Math.min(points.length - 1, Math.round(((points.length - 1) * i) / ticks));
     const p = points[idx];

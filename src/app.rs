@@ -85,7 +85,10 @@ fn ingress_parts(
         pool: pool.clone(),
         keys,
         publisher: publisher.clone(),
-        cfg: cfg.clone(),
+        cfg: IngressConfig {
+            history_retention_days: common.history_retention_days,
+            ..cfg.clone()
+        },
         limits,
     };
     (ingress::router(state), publisher)
@@ -161,7 +164,10 @@ pub async fn run_relay(
         pool,
         common.amqp_url.clone(),
         Names::from_config(&common),
-        cfg,
+        RelayConfig {
+            history_retention_days: common.history_retention_days,
+            ..cfg
+        },
         shutdown,
     )
     .await
@@ -236,7 +242,10 @@ pub async fn run_all(cfg: AllConfig, shutdown: CancellationToken) -> anyhow::Res
         pool.clone(),
         cfg.common.amqp_url.clone(),
         names.clone(),
-        cfg.relay,
+        RelayConfig {
+            history_retention_days: cfg.common.history_retention_days,
+            ..cfg.relay
+        },
         shutdown.clone(),
     ));
     tasks.spawn(sse::run_feed(

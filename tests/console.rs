@@ -466,6 +466,16 @@ async fn operator_console_end_to_end_in_chromium() {
     );
     checked(&admin, &shots, "09-state-machine").await;
 
+    // The overview after all that: the chart and the counters show the activity.
+    open(&admin, &sys, "#/", "overview").await;
+    admin
+        .wait_for("the chart to show the bulks", UI_DEADLINE, "return [...document.querySelectorAll('#chart rect.bar')].some(r => Number(r.getAttribute('height')) > 0)")
+        .await;
+    admin
+        .wait_text("jobs counted", "#jobs-by-state", "t.includes('succeeded')")
+        .await;
+    checked(&admin, &shots, "10-overview-busy").await;
+
     // 8. Every page on a phone: no sideways scrolling, no errors.
     admin.resize(PHONE.0, PHONE.1).await;
     for (route, name, ready) in [

@@ -173,12 +173,22 @@ async function follow(main, id) {
     const p = v.total ? Math.floor((100 * d) / v.total) : TERMINAL.includes(v.status) ? 100 : 0;
     bar.value = p;
     pct.textContent = `${p} %`;
+    // Skipped items (a cancel, an atomic abort) count as done but were never applied.
+    const worked = v.applied + v.rejected + v.failed;
+    bar.title = v.skipped ? `${num(worked)} processed, ${num(v.skipped)} skipped` : `${num(worked)} processed`;
     fill(statusEl, badge(v.status), ` ${v.mode ?? ""} · ${v.action ?? ""}`, v.cancel_requested && !TERMINAL.includes(v.status) ? " · cancel requested" : "");
     fill(
       counts,
       ["total", "applied", "rejected", "failed", "skipped", "pending"].flatMap((k) => [h("dt", {}, k), h("dd", { id: `bulk-${k}` }, num(k === "pending" ? Math.max(0, v.total - d) : v[k]))]),
     );
-    fill(meta, `created ${time(v.created_at)}`, v.finished_at ? ` · finished ${time(v.finished_at)}` : "");
+    fill(
+      meta,
+      v.request?.reason ? [`“${v.request.reason}” · `] : null,
+      `created ${time(v.created_at)}`,
+      v.started_at ? ` · started ${time(v.started_at)}` : "",
+      v.finished_at ? ` · finished ${time(v.finished_at)}` : "",
+      v.skipped && v.status === "cancelled" ? ` · stopped after ${num(v.applied + v.rejected + v.failed)} of ${num(v.total)}` : "",
+    );
     if (cancelBtn) cancelBtn.disabled = TERMINAL.includes(v.status) || v.cancel_requested;
   }
 

@@ -15,23 +15,23 @@ function s(tag, attrs = {}, text) {
 
 // The happy path left to right, the exits below it; unknown statuses go last.
 const PLACE = {
-  pending: [90, 90],
-  confirmed: [270, 90],
-  processing: [450, 90],
-  shipped: [630, 90],
-  delivered: [810, 90],
-  cancelled: [270, 290],
-  refunded: [630, 290],
+  pending: [80, 100],
+  confirmed: [310, 100],
+  processing: [540, 100],
+  shipped: [770, 100],
+  delivered: [1000, 100],
+  cancelled: [310, 300],
+  refunded: [770, 300],
 };
-const W = 900;
-const H = 370;
-const NODE_W = 128;
+const W = 1080;
+const H = 360;
+const NODE_W = 136;
 const NODE_H = 40;
 
 function diagram(doc) {
   const pos = { ...PLACE };
   let extra = 0;
-  for (const st of doc.statuses) if (!pos[st]) pos[st] = [90 + 180 * extra++, 340];
+  for (const st of doc.statuses) if (!pos[st]) pos[st] = [80 + 230 * extra++, 340];
   const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, class: "machine", role: "img", "aria-labelledby": "machine-title" });
   svg.append(s("title", { id: "machine-title" }, "Order state machine: statuses and the actions between them"));
   const defs = s("defs");
@@ -68,7 +68,9 @@ function diagram(doc) {
       const mx = (x1 + x2) / 2 + (y2 - y1) * 0.08;
       const my = (y1 + y2) / 2 - (x2 - x1) * 0.08;
       svg.append(s("path", { d: `M${x1},${y1} Q${mx},${my} ${x2},${y2}`, class: "edge", "marker-end": "url(#arrow)" }));
-      const label = s("text", { x: mx, y: my - 4, class: "edge-label", "text-anchor": "middle" }, a.action);
+      // Labels of level edges sit above the line, clear of the boxes' borders.
+      const level = Math.abs(y2 - y1) < 1;
+      const label = s("text", { x: mx, y: level ? my - 10 : my - 4, class: "edge-label", "text-anchor": "middle" }, a.action);
       const title = s("title", {}, `${a.action}: ${from} → ${a.to}; roles ${a.roles.join(", ")}${a.guards.length ? `; guards ${a.guards.join(", ")}` : ""}`);
       label.append(title);
       svg.append(label);

@@ -107,7 +107,8 @@ export async function render(main, { id }) {
         { class: "action-list" },
         va.actions.map((a) => {
           const why = a.blocked_by ? h("small", { class: "blocked" }, BLOCKED[a.blocked_by] ?? a.blocked_by, " (", h("code", {}, a.blocked_by), ")") : null;
-          const target = a.to ? ` → ${a.to}` : "";
+          // An action that keeps the status (mark_paid) changes only the context.
+          const target = a.to && a.to !== order.status ? ` → ${a.to}` : "";
           if (!mayAct) return h("li", { "data-action": a.action }, h("span", { class: a.allowed ? "allowed" : "not-allowed" }, a.action, target), " ", why);
           return h(
             "li",
@@ -145,7 +146,7 @@ export async function render(main, { id }) {
         h(
           "li",
           { "data-action": e.action },
-          h("div", { class: "tl-head" }, h("strong", {}, e.action), " ", e.from ? [badge(e.from), " → "] : null, badge(e.to)),
+          h("div", { class: "tl-head" }, h("strong", {}, e.action), " ", e.from && e.from !== e.to ? [badge(e.from), " → "] : null, badge(e.to)),
           h(
             "div",
             { class: "tl-meta" },

@@ -84,7 +84,12 @@ async fn read(State(state): State<IngressState>, actor: Actor) -> Result<Respons
             "lag_secs": lag_secs,
         },
         "bulk": { "in_flight": in_flight, "operations": bulks },
-        "history": { "oldest_at": oldest_history },
+        "history": {
+            // null: kept forever.
+            "retention_days": (state.cfg.history_retention_days > 0)
+                .then_some(state.cfg.history_retention_days),
+            "oldest_at": oldest_history,
+        },
         "changes": {
             "bucket_secs": BUCKET_SECS,
             "window_secs": WINDOW_SECS,
