@@ -64,6 +64,8 @@ async function show() {
     }
     cleanup = null;
   }
+  // Toasts belong to the page they were raised on.
+  fill(document.getElementById("toasts"));
   const mine = ++generation;
   if (r.page === "missing") {
     fill(main, h("h1", {}, "Not found"), h("p", {}, h("a", { href: "#/" }, "Back to the overview")));

@@ -11,6 +11,9 @@ let source = null;
 let state = "off";
 /** Arrival times (ms) of order events in the last minute, for the live rate. */
 const arrivals = [];
+/** The latest events this tab received, newest last, for pages that mount later. */
+const recentEvents = [];
+const RECENT_KEPT = 15;
 
 function setState(s) {
   state = s;
@@ -33,6 +36,8 @@ export function start() {
       } catch {
         return;
       }
+      recentEvents.push({ type, data });
+      if (recentEvents.length > RECENT_KEPT) recentEvents.shift();
       if (type.startsWith("order.")) {
         const now = Date.now();
         arrivals.push(now);
@@ -73,4 +78,9 @@ export function rate(secs = 10) {
   let n = 0;
   for (let i = arrivals.length - 1; i >= 0 && arrivals[i] >= since; i--) n++;
   return n / secs;
+}
+
+/** The latest events received (oldest first): [{type, data}]. */
+export function recent() {
+  return [...recentEvents];
 }

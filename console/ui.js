@@ -55,7 +55,9 @@ export function ago(iso) {
   return `${Math.round(s / 86400)} d ago`;
 }
 
-export const short = (id) => (id ? String(id).slice(0, 8) : "—");
+// The last 8 hex digits: ids are UUIDv7, whose leading digits are a timestamp shared by
+// everything created in the same moment.
+export const short = (id) => (id ? String(id).slice(-8) : "—");
 
 export function num(n) {
   return n === null || n === undefined ? "—" : Number(n).toLocaleString();

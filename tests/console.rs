@@ -358,11 +358,14 @@ async fn operator_console_end_to_end_in_chromium() {
         .await
         .expect("fixing the payload");
     admin.click(&format!("button[data-retry='{job}']")).await;
-    let redriven = sys.wait_job(&admin_token, job).await;
-    assert_eq!(
-        redriven["status"], "succeeded",
-        "the retried job applied: {redriven}"
-    );
+    // The click's request is in flight until the page says so: only then is `dead` stale.
+    admin
+        .wait_text(
+            "the retry to be confirmed",
+            "#toasts",
+            "t.includes('queued again')",
+        )
+        .await;
     admin
         .wait_for(
             "the retried job to leave the dead list",
@@ -370,6 +373,11 @@ async fn operator_console_end_to_end_in_chromium() {
             &format!("return !document.querySelector(\"#jobs-list tr[data-job-id='{job}']\")"),
         )
         .await;
+    let redriven = sys.wait_job(&admin_token, job).await;
+    assert_eq!(
+        redriven["status"], "succeeded",
+        "the retried job applied: {redriven}"
+    );
     assert_eq!(
         sys.order(&admin_token, poisoned).await["payment_status"],
         "paid"

@@ -123,15 +123,23 @@ export function render(main) {
       h("time", {}, new Date(d.at ?? Date.now()).toLocaleTimeString()),
       " ",
       type === "bulk.progress"
-        ? [h("a", { href: `#/bulk/${d.bulk_id}` }, `bulk ${short(d.bulk_id)}`), ` ${d.applied + d.rejected + d.failed + d.skipped}/${d.total} `, badge(d.status)]
+        ? [h("a", { href: `#/bulk/${d.bulk_id}` }, `bulk ${short(d.bulk_id)}`), ` ${d.action ?? ""} ${num(d.applied + d.rejected + d.failed)}/${num(d.total)} `, badge(d.status)]
         : type === "reset"
           ? "stream reset: older events are past retention"
-          : [h("a", { href: `#/orders/${d.order_id}` }, short(d.order_id)), " ", d.action ?? type, " ", d.from ? [badge(d.from), " → "] : null, badge(d.to)],
+          : [
+              h("a", { href: `#/orders/${d.order_id}`, class: "mono" }, short(d.order_id)),
+              " ",
+              d.action ?? type,
+              " ",
+              // A context-only change (mark_paid) shows the payment it set instead.
+              d.from && d.from !== d.to ? [badge(d.from), " → ", badge(d.to)] : d.from ? ["payment → ", badge(d.payment_status)] : badge(d.to),
+            ],
     );
     feed.prepend(item);
-    while (feed.children.length > 15) feed.lastChild.remove();
+    while (feed.children.length > 12) feed.lastChild.remove();
   }
 
+  for (const e of live.recent()) onEvent(e.type, e.data);
   const unlisten = live.on(onEvent);
   poll();
   const timer = setInterval(poll, POLL_MS);
