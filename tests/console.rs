@@ -351,6 +351,33 @@ async fn operator_console_end_to_end_in_chromium() {
         "the dead job shows its error code: {listed}"
     );
     checked(&admin, &shots, "06-dead-letters").await;
+    // Support sees the same dead job, and neither retry nor discard; previews, no apply.
+    open(&support, &sys, "#/jobs?status=dead", "jobs").await;
+    support
+        .wait_css(
+            "support sees the dead job",
+            &format!("#jobs-list tr[data-job-id='{job}']"),
+        )
+        .await;
+    assert_eq!(
+        support
+            .count("[data-retry], [data-discard], #retry-all:not([hidden])")
+            .await,
+        0,
+        "support gets no retry or discard buttons"
+    );
+    open(&support, &sys, "#/bulk", "bulk").await;
+    support
+        .wait_css("support's bulk form", "#bulk-preview")
+        .await;
+    assert_eq!(
+        support.count("#bulk-apply").await,
+        0,
+        "support previews but cannot apply"
+    );
+    support
+        .assert_no_console_errors("support's jobs and bulk pages")
+        .await;
     // The operator fixed what made it unreadable; now the retry can succeed.
     sqlx::query(r#"update jobs set payload = '{"action": "mark_paid"}'::jsonb where id = $1"#)
         .bind(job)
