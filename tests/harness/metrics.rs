@@ -5,10 +5,13 @@ use std::time::Duration;
 
 use crate::harness::{TestSystem, wait};
 
+/// One sample: metric name, labels, value.
+type Sample = (String, Vec<(String, String)>, f64);
+
 /// One scrape of `/metrics`.
 pub struct Scrape {
     pub text: String,
-    samples: Vec<(String, Vec<(String, String)>, f64)>,
+    samples: Vec<Sample>,
 }
 
 impl Scrape {
