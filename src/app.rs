@@ -111,7 +111,10 @@ fn ingress_parts(
         pool: pool.clone(),
         keys,
         publisher: publisher.clone(),
-        cfg: cfg.clone(),
+        cfg: IngressConfig {
+            history_retention_days: common.history_retention_days,
+            ..cfg.clone()
+        },
         limits,
     };
     (ingress::router(state), publisher)
@@ -221,7 +224,10 @@ pub async fn run_relay(
         pool,
         common.amqp_url.clone(),
         Names::from_config(&common),
-        cfg,
+        RelayConfig {
+            history_retention_days: common.history_retention_days,
+            ..cfg
+        },
         shutdown.clone(),
     ));
     join_all(tasks, shutdown).await
@@ -301,7 +307,10 @@ pub async fn run_all(cfg: AllConfig, shutdown: CancellationToken) -> anyhow::Res
         pool.clone(),
         cfg.common.amqp_url.clone(),
         names.clone(),
-        cfg.relay,
+        RelayConfig {
+            history_retention_days: cfg.common.history_retention_days,
+            ..cfg.relay
+        },
         shutdown.clone(),
     ));
     tasks.spawn(sse::run_feed(

@@ -54,6 +54,12 @@ pub struct CommonConfig {
     /// it exits anyway.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
     pub shutdown_timeout_secs: u64,
+
+    /// Days of order status history to keep; older audit rows are deleted by the active
+    /// relay (0: keep forever). Common to every process: the relay prunes by it, the
+    /// ingress reports it on the operations overview.
+    #[arg(long, env = "HISTORY_RETENTION_DAYS", default_value_t = 0)]
+    pub history_retention_days: u32,
 }
 
 /// Where a role without an HTTP API (order worker, outbox relay) serves `/metrics`.
@@ -132,6 +138,10 @@ pub struct IngressConfig {
     /// Requests per second one client IP may make without a valid token (0: no limit).
     #[arg(long, env = "RATE_PER_IP", default_value_t = 20)]
     pub rate_per_ip: u32,
+
+    /// [`CommonConfig::history_retention_days`], for the overview to report.
+    #[arg(skip)]
+    pub history_retention_days: u32,
 }
 
 impl IngressConfig {
@@ -213,6 +223,10 @@ pub struct RelayConfig {
     /// Seconds between retention passes of the active relay.
     #[arg(long, env = "RETENTION_INTERVAL_SECS", default_value_t = 60)]
     pub retention_interval_secs: u64,
+
+    /// [`CommonConfig::history_retention_days`]: the relay prunes the audit log too.
+    #[arg(skip)]
+    pub history_retention_days: u32,
 }
 
 /// The SSE bridge.

@@ -8,12 +8,14 @@ mod harness;
 
 mod authentication;
 mod bulk;
+mod console;
 mod cors;
 mod dead_letters;
 mod exactly_once;
 mod faults;
 mod hostile_input;
 mod metrics;
+mod operations;
 mod pagination;
 mod pipeline;
 mod rate_limits;

@@ -60,7 +60,8 @@ fn check(confirmation: Confirmation, target: &str) -> Result<(), PublishError> {
 type Waiters = Arc<Mutex<HashMap<Uuid, oneshot::Sender<()>>>>;
 
 struct Session {
-    _conn: Connection,
+    /// Kept open for the channel; the overview opens short-lived channels on it too.
+    conn: Connection,
     channel: Channel,
 }
 
@@ -164,10 +165,7 @@ impl JobPublisher {
                 }
             }
         });
-        Ok(Session {
-            _conn: conn,
-            channel,
-        })
+        Ok(Session { conn, channel })
     }
 
     /// Register interest in a job's reply. Do this before publishing, so no reply is missed.
@@ -281,6 +279,33 @@ impl JobPublisher {
     /// Can a job be published right now? (For `/readyz`.)
     pub async fn check_ready(&self) -> Result<(), PublishError> {
         self.session().await.map(|_| ())
+    }
+
+    /// Messages ready in each durable job queue, by name (for the operations overview).
+    /// Passive declares on a channel of their own, so a failure cannot touch publishing.
+    pub async fn queue_depths(&self) -> Result<Vec<(String, u32)>, PublishError> {
+        let session = self.session().await?;
+        tokio::time::timeout(self.timeout, async {
+            let channel = session.conn.create_channel().await?;
+            let mut depths = Vec::new();
+            for queue in self.names.durable_queues() {
+                let declared = channel
+                    .queue_declare(
+                        queue.as_str().into(),
+                        lapin::options::QueueDeclareOptions {
+                            passive: true,
+                            ..Default::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await?;
+                depths.push((queue, declared.message_count()));
+            }
+            let _ = channel.close(200, "OK".into()).await;
+            Ok(depths)
+        })
+        .await
+        .unwrap_or(Err(PublishError::Timeout(self.timeout)))
     }
 }
 

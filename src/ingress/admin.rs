@@ -1,13 +1,12 @@
-//! Operating the job pipeline (admin only): list jobs by status, redrive dead ones.
+//! Operating the job pipeline: list jobs by status, kind and error code (admin, support),
+//! redrive or discard dead ones (admin). The use cases are [`crate::orders::dead`].
 
 use super::IngressState;
-use crate::broker::JobMessage;
-use crate::domain::{Actor, JobStatus, RejectCode, Role};
+use crate::domain::{Actor, JobKind, JobStatus, RejectCode, Role};
 use crate::http::ApiError;
-use crate::http::extract::{Path, Query};
-use crate::orders::submit::publish_or_compensate;
-use crate::store::jobs::{self, JobView};
-use crate::store::orders;
+use crate::http::extract::{Json, Path, Query};
+use crate::orders::dead;
+use crate::store::jobs::{self, JobFilter, JobView};
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -21,6 +20,18 @@ pub fn router() -> Router<IngressState> {
     Router::new()
         .route("/admin/jobs", get(list))
         .route("/admin/jobs/{id}/retry", post(retry))
+        .route("/admin/jobs/{id}/discard", post(discard))
+        .route("/admin/jobs/dead/retry", post(retry_matching))
+}
+
+fn staff_only(actor: &Actor) -> Result<(), ApiError> {
+    match actor.role {
+        Role::Admin | Role::Support => Ok(()),
+        _ => Err(ApiError::forbidden(
+            RejectCode::ForbiddenRole,
+            "only staff see the job pipeline",
+        )),
+    }
 }
 
 fn admin_only(actor: &Actor) -> Result<(), ApiError> {
@@ -40,6 +51,8 @@ const MAX_PAGE: i64 = 200;
 #[serde(deny_unknown_fields)]
 struct ListParams {
     status: Option<JobStatus>,
+    kind: Option<JobKind>,
+    error_code: Option<String>,
     limit: Option<i64>,
     cursor: Option<Uuid>,
 }
@@ -49,16 +62,21 @@ async fn list(
     actor: Actor,
     Query(p): Query<ListParams>,
 ) -> Result<Response, ApiError> {
-    admin_only(&actor)?;
+    staff_only(&actor)?;
     let limit = p.limit.unwrap_or(50);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::BadRequest(format!(
             "`limit` must be 1 to {MAX_PAGE}"
         )));
     }
+    let filter = JobFilter {
+        status: p.status,
+        kind: p.kind,
+        error_code: p.error_code,
+    };
     let mut page = jobs::list(
         &mut *state.pool.acquire().await?,
-        p.status,
+        &filter,
         p.cursor,
         limit + 1,
     )
@@ -76,45 +94,7 @@ async fn retry(
     Path(id): Path<Uuid>,
 ) -> Result<Response, ApiError> {
     admin_only(&actor)?;
-    let mut conn = state.pool.acquire().await?;
-    let Some(job) = jobs::requeue_dead(&mut conn, id).await? else {
-        return match jobs::get(&mut conn, id).await? {
-            None => Err(ApiError::NotFound("job")),
-            Some(j) => Err(ApiError::Conflict(
-                "not_dead",
-                format!("only dead jobs can be retried; this one is `{}`", j.status),
-            )),
-        };
-    };
-    let customer = match job.order_id {
-        Some(order_id) => orders::get(&mut conn, order_id)
-            .await?
-            .map(|o| o.customer_id),
-        None => None,
-    };
-    drop(conn);
-    let submitter = Actor {
-        id: job.actor_id,
-        role: job.actor_role,
-    };
-    let published = state
-        .publisher
-        .publish(
-            &JobMessage { job_id: id },
-            &submitter,
-            customer,
-            job.traceparent.as_deref(),
-            false,
-        )
-        .await;
-    publish_or_compensate(
-        &state.pool,
-        "redrive_failed",
-        published,
-        async |conn, error| jobs::back_to_dead(conn, id, error).await.map(|()| true),
-    )
-    .await?;
-    tracing::info!(job_id = %id, by = %actor.id, "dead job redriven");
+    let job = dead::redrive(&state.pool, &state.publisher, &actor, id).await?;
     let mut response = (
         StatusCode::ACCEPTED,
         axum::Json(json!({ "job_id": id, "order_id": job.order_id, "status": "queued" })),
@@ -125,4 +105,63 @@ async fn retry(
         HeaderValue::from_str(&format!("/jobs/{id}")).expect("uuid header"),
     );
     Ok(response)
+}
+
+/// The dead-letter view's filter.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeadFilter {
+    kind: Option<JobKind>,
+    error_code: Option<String>,
+}
+
+/// Redrive every dead job matching the filter, oldest first, up to [`dead::MAX_REDRIVE`].
+async fn retry_matching(
+    State(state): State<IngressState>,
+    actor: Actor,
+    Json(filter): Json<DeadFilter>,
+) -> Result<Response, ApiError> {
+    admin_only(&actor)?;
+    let done = dead::redrive_matching(
+        &state.pool,
+        &state.publisher,
+        &actor,
+        filter.kind,
+        filter.error_code.as_deref(),
+    )
+    .await?;
+    Ok(axum::Json(done).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DiscardBody {
+    reason: Option<String>,
+}
+
+/// Give up on a dead job: it ends `cancelled`, with why it died kept.
+async fn discard(
+    State(state): State<IngressState>,
+    actor: Actor,
+    Path(id): Path<Uuid>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    admin_only(&actor)?;
+    // The body is optional: none, or `{"reason": ".."}`.
+    let body: DiscardBody = if body.iter().all(u8::is_ascii_whitespace) {
+        DiscardBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?
+    };
+    if body
+        .reason
+        .as_ref()
+        .is_some_and(|r| r.chars().count() > 500)
+    {
+        return Err(ApiError::BadRequest(
+            "`reason` is at most 500 characters".into(),
+        ));
+    }
+    let job = dead::discard(&state.pool, &actor, id, body.reason).await?;
+    Ok(axum::Json(JobView::from(job)).into_response())
 }

@@ -4,12 +4,14 @@
 
 pub mod admin;
 pub mod bulk;
+pub mod console;
 pub mod docs;
 pub mod health;
 pub mod inventory;
 pub mod jobs;
 pub mod limits;
 pub mod orders;
+pub mod overview;
 
 use crate::auth::{HasKeys, Keys};
 use crate::broker::publisher::JobPublisher;
@@ -42,6 +44,7 @@ pub fn router(state: IngressState) -> Router {
         .merge(jobs::router())
         .merge(docs::router())
         .merge(admin::router())
+        .merge(overview::router())
         .merge(bulk::router().layer(axum::extract::DefaultBodyLimit::max(
             state.cfg.bulk_body_limit_bytes,
         )))
@@ -49,5 +52,7 @@ pub fn router(state: IngressState) -> Router {
             state.clone(),
             limits::middleware,
         ))
+        // Static files, outside the per-IP limit that unauthenticated requests count against.
+        .merge(console::router())
         .with_state(state)
 }

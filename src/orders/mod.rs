@@ -2,13 +2,16 @@
 //! (HTTP handlers in `ingress`, queue consumers in `worker`). Each use case is written
 //! once here — a change parsed into one [`ChangeCommand`], the one apply path
 //! ([`apply::Batch`]), idempotent submission and publish-or-compensate ([`submit`]),
-//! creation ([`create`]), bulk preview, submission and steps ([`bulk`]) — and the adapters
-//! only extract, call and render.
+//! creation ([`create`]), bulk preview, submission and steps ([`bulk`]), redriving and
+//! discarding dead jobs ([`dead`]), the operations snapshot ([`overview`]) — and the
+//! adapters only extract, call and render.
 
 pub mod apply;
 pub mod bulk;
 pub mod command;
 pub mod create;
+pub mod dead;
+pub mod overview;
 pub mod read;
 pub mod submit;
 

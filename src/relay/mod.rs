@@ -11,7 +11,7 @@ use crate::broker::publisher::{EventPublisher, Sending};
 use crate::broker::{self, Names};
 use crate::config::RelayConfig;
 use crate::metrics;
-use crate::store::outbox;
+use crate::store::{history, outbox};
 use ::metrics::{counter, histogram};
 use anyhow::Context;
 use sqlx::pool::PoolConnection;
@@ -128,8 +128,13 @@ async fn publish_loop(
             _ = shutdown.cancelled() => break,
             n = listener.recv() => { n.context("NOTIFY listener")?; }
             _ = tokio::time::sleep(poll) => {}
-            _ = retention.tick(), if cfg.outbox_retention_secs > 0 => {
-                prune(pool, cfg.outbox_retention_secs, cfg.relay_batch_size).await?;
+            _ = retention.tick(), if cfg.outbox_retention_secs > 0 || cfg.history_retention_days > 0 => {
+                if cfg.outbox_retention_secs > 0 {
+                    prune(pool, cfg.outbox_retention_secs, cfg.relay_batch_size).await?;
+                }
+                if cfg.history_retention_days > 0 {
+                    prune_history(pool, cfg.history_retention_days, cfg.relay_batch_size).await?;
+                }
             }
         }
     }
@@ -155,6 +160,29 @@ async fn prune(pool: &PgPool, retention_secs: u64, batch: i64) -> anyhow::Result
             deleted,
             retention_secs,
             "outbox retention: deleted old events"
+        );
+    }
+    Ok(())
+}
+
+/// One pass over the audit log: delete status history older than `days`, oldest first, a
+/// batch per transaction (the only writer allowed to delete history rows).
+async fn prune_history(pool: &PgPool, days: u32, batch: i64) -> anyhow::Result<()> {
+    let mut deleted = 0;
+    loop {
+        let mut tx = pool.begin().await?;
+        let n = history::prune(&mut tx, days, batch.max(1)).await?;
+        tx.commit().await?;
+        deleted += n;
+        if n < batch.max(1) as u64 {
+            break;
+        }
+    }
+    if deleted > 0 {
+        tracing::info!(
+            deleted,
+            days,
+            "history retention: deleted old status history"
         );
     }
     Ok(())

@@ -104,3 +104,23 @@ pub async fn for_order(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Result<
     .fetch_all(conn)
     .await
 }
+
+/// Delete up to `limit` of the oldest history rows written more than `days` days ago;
+/// how many were deleted. The append-only trigger lets only a transaction that says it
+/// is the retention job delete: run this in a transaction of its own.
+pub async fn prune(conn: &mut PgConnection, days: u32, limit: i64) -> sqlx::Result<u64> {
+    sqlx::query_scalar!("select set_config('orderflow.retention', 'on', true)")
+        .fetch_one(&mut *conn)
+        .await?;
+    let done = sqlx::query!(
+        "delete from order_status_history where id in (
+             select id from order_status_history
+             where created_at < now() - make_interval(days => $1)
+             order by id limit $2)",
+        days as i32,
+        limit,
+    )
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}

@@ -277,10 +277,19 @@ pub async fn take_stale(
     .await
 }
 
-/// One page of jobs, newest first (ids are UUIDv7), optionally of one status.
+/// Which jobs a listing shows (every field optional: none, all jobs).
+#[derive(Debug, Default, Clone)]
+pub struct JobFilter {
+    pub status: Option<JobStatus>,
+    pub kind: Option<JobKind>,
+    /// The `code` of the job's `error` (why it died, was rejected or is retrying).
+    pub error_code: Option<String>,
+}
+
+/// One page of jobs matching `filter`, newest first (ids are UUIDv7).
 pub async fn list(
     conn: &mut PgConnection,
-    status: Option<JobStatus>,
+    filter: &JobFilter,
     before: Option<Uuid>,
     limit: i64,
 ) -> sqlx::Result<Vec<Job>> {
@@ -291,12 +300,59 @@ pub async fn list(
                   created_at, updated_at
            from jobs
            where ($1::text is null or status = $1) and ($2::uuid is null or id < $2)
+             and ($4::text is null or kind = $4) and ($5::text is null or error->>'code' = $5)
            order by id desc limit $3"#,
-        status.map(JobStatus::as_str),
+        filter.status.map(JobStatus::as_str),
         before,
+        limit,
+        filter.kind.map(JobKind::as_str),
+        filter.error_code.as_deref(),
+    )
+    .fetch_all(conn)
+    .await
+}
+
+/// Ids of dead jobs of `kind` whose error has `error_code` (each optional), oldest first,
+/// at most `limit`: what "retry every dead job matching" redrives.
+pub async fn dead_matching(
+    conn: &mut PgConnection,
+    kind: Option<JobKind>,
+    error_code: Option<&str>,
+    limit: i64,
+) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar!(
+        "select id from jobs
+         where status = 'dead' and ($1::text is null or kind = $1)
+           and ($2::text is null or error->>'code' = $2)
+         order by id limit $3",
+        kind.map(JobKind::as_str),
+        error_code,
         limit,
     )
     .fetch_all(conn)
+    .await
+}
+
+/// Give up on a dead job: it becomes `cancelled`, keeping why it died under
+/// `error.dead_error`. `None` unless it was dead (so a concurrent retry wins or loses
+/// cleanly); its parked message, if shovelled back, then changes nothing.
+pub async fn discard_dead(
+    conn: &mut PgConnection,
+    id: Uuid,
+    error: &Value,
+) -> sqlx::Result<Option<Job>> {
+    sqlx::query_as!(
+        Job,
+        r#"update jobs set status = 'cancelled', error = $2 || jsonb_build_object('dead_error', error),
+                  updated_at = now()
+           where id = $1 and status = 'dead'
+           returning id, kind as "kind: JobKind", order_id, bulk_id, actor_id, actor_role as "actor_role: Role",
+                  payload, traceparent, status as "status: JobStatus", attempts, result, error,
+                  created_at, updated_at"#,
+        id,
+        error,
+    )
+    .fetch_optional(conn)
     .await
 }
 

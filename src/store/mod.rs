@@ -11,6 +11,7 @@ pub mod inventory;
 pub mod jobs;
 pub mod orders;
 pub mod outbox;
+pub mod overview;
 pub mod wire;
 
 /// Is this database error worth retrying (the same statements may well succeed again)?

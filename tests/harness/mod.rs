@@ -9,12 +9,15 @@
 //! - [`chaos`]: the load, the observers, the faults and the evidence of the fault suite;
 //! - [`tokens`], [`sse`], [`broker`], [`answer`], [`metrics`]: the clients' tools, each
 //!   written once;
+//! - [`browser`]: real headless Chromium over WebDriver, for pages served by the system
+//!   or by a test;
 //! - [`wait`]: every wait is for a condition, with a deadline, and fails loudly with what
 //!   it saw last;
 //! - [`library`]: the only calls into the orderflow library itself.
 
 pub mod answer;
 pub mod broker;
+pub mod browser;
 pub mod chaos;
 pub mod cluster;
 pub mod library;
