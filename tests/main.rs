@@ -7,6 +7,7 @@
 mod harness;
 
 mod authentication;
+mod browser_sse;
 mod bulk;
 mod console;
 mod cors;

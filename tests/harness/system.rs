@@ -73,9 +73,15 @@ impl TestSystem {
     }
 
     async fn spawn(&mut self) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_orderflow"))
-            .args(["all", "--bind", "127.0.0.1:0"])
-            .env_remove("BIND")
+        // A free port unless the test fixed one (`BIND` in its env: a browser page that must
+        // reconnect to the same address after a restart).
+        let fixed = self.extra_env.iter().any(|(k, _)| k == "BIND");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_orderflow"));
+        command.arg("all");
+        if !fixed {
+            command.args(["--bind", "127.0.0.1:0"]).env_remove("BIND");
+        }
+        let mut child = command
             .envs(self.sandbox.env())
             .env("RUST_LOG", "info,orderflow=debug")
             .env("LOG_FORMAT", "pretty")
