@@ -125,7 +125,9 @@ pub async fn run_ingress(
     }
     serve_http(
         &http,
-        router.merge(health::router(pool, Some(publisher))),
+        router
+            .merge(health::router(pool, Some(publisher)))
+            .merge(crate::openapi::router()),
         shutdown,
     )
     .await
@@ -277,7 +279,8 @@ pub async fn run_all(cfg: AllConfig, shutdown: CancellationToken) -> anyhow::Res
     ));
     let router = ingress_router
         .merge(sse::router(bridge))
-        .merge(health::router(pool, Some(publisher)));
+        .merge(health::router(pool, Some(publisher)))
+        .merge(crate::openapi::router());
     let token = shutdown.clone();
     let http = cfg.http;
     tasks.spawn(async move { serve_http(&http, router, token).await });

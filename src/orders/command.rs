@@ -28,7 +28,7 @@ pub struct ChangeCommand {
 /// The wire shape (request body of `change-status`, and `jobs.payload`). Unknown fields
 /// are refused: a client that tries to set `status` or `version` learns at once it cannot.
 /// (No `#[serde(default)]`: with it serde would read a JSON array as this struct.)
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChangeBody {
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -16,7 +16,7 @@ pub const MAX_QUANTITY: i32 = 1_000_000;
 pub const MAX_UNIT_PRICE_CENTS: i64 = 1_000_000_000_000;
 
 /// The `POST /orders` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOrder {
     pub items: Vec<ItemIn>,
@@ -25,7 +25,7 @@ pub struct CreateOrder {
     pub customer_id: Option<Uuid>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ItemIn {
     pub sku: String,
