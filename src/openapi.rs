@@ -11,7 +11,10 @@ use crate::http::openapi::{
     TooManyRequests, Unauthorized, Unavailable, Unprocessable,
 };
 use crate::{ingress, sse};
-use axum::Router;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::Value;
+use std::sync::Arc;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::{Config, SwaggerUi};
@@ -138,23 +141,55 @@ struct Alive {
 #[allow(dead_code)] // documents the closure `crate::metrics::router` serves
 fn metrics() {}
 
-/// The document, built once per call (it is small; served rarely).
-pub fn document() -> utoipa::openapi::OpenApi {
-    ApiDoc::openapi()
+/// The document as served. utoipa 5 writes a link's fields in snake case
+/// (`operation_id`), which OpenAPI does not know; they are renamed here.
+pub fn document() -> Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the document serializes");
+    let responses = doc["paths"]
+        .as_object_mut()
+        .into_iter()
+        .flat_map(|paths| paths.values_mut())
+        .filter_map(Value::as_object_mut)
+        .flat_map(|operations| operations.values_mut())
+        .filter_map(|operation| operation.get_mut("responses")?.as_object_mut())
+        .flat_map(|responses| responses.values_mut());
+    for response in responses {
+        let links = response.get_mut("links").and_then(Value::as_object_mut);
+        for link in links.into_iter().flat_map(|l| l.values_mut()) {
+            let Some(link) = link.as_object_mut() else {
+                continue;
+            };
+            for (snake, camel) in [
+                ("operation_id", "operationId"),
+                ("operation_ref", "operationRef"),
+                ("request_body", "requestBody"),
+            ] {
+                if let Some(value) = link.remove(snake) {
+                    link.insert(camel.to_owned(), value);
+                }
+            }
+        }
+    }
+    doc
 }
 
 /// `/openapi.json` and the Swagger UI at `/docs`, for any router state.
 pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    let doc = Arc::new(document());
     // No `validatorUrl`: Swagger UI would otherwise fetch a badge from validator.swagger.io.
     let config = Config::new([SPEC_PATH])
         .validator_url("none")
         .persist_authorization(true)
         .display_request_duration(true);
-    Router::new().merge(
-        SwaggerUi::new(DOCS_PATH)
-            .url(SPEC_PATH, document())
-            .config(config),
-    )
+    Router::new()
+        .route(
+            SPEC_PATH,
+            get(move || {
+                let doc = doc.clone();
+                async move { Json(doc) }
+            }),
+        )
+        .merge(SwaggerUi::new(DOCS_PATH).config(config))
 }
 
 #[cfg(test)]
@@ -163,7 +198,7 @@ mod tests {
 
     #[test]
     fn the_document_is_openapi_3_1_with_every_route() {
-        let doc = serde_json::to_value(document()).unwrap();
+        let doc = document();
         assert_eq!(doc["openapi"], "3.1.0");
         let paths = doc["paths"].as_object().unwrap();
         assert_eq!(paths.len(), 21, "{:?}", paths.keys().collect::<Vec<_>>());
@@ -171,5 +206,8 @@ mod tests {
         assert_eq!(operations, 23);
         assert!(doc["components"]["securitySchemes"][BEARER].is_object());
         assert!(doc["components"]["securitySchemes"][ACCESS_TOKEN].is_object());
+        let link = &doc["paths"]["/orders"]["post"]["responses"]["201"]["links"]["get_order"];
+        assert_eq!(link["operationId"], "get_order", "{link}");
+        assert!(link.get("operation_id").is_none(), "{link}");
     }
 }

@@ -184,7 +184,12 @@ pub struct BulkAccepted {
         (status = 200, description = "A repeated `Idempotency-Key`: the first bulk", body = BulkAccepted,
             headers(("Location" = String, description = "/orders/bulk/{bulk_id}"))),
         (status = 202, description = "Recorded and queued", body = BulkAccepted,
-            headers(("Location" = String, description = "/orders/bulk/{bulk_id}"))),
+            headers(("Location" = String, description = "/orders/bulk/{bulk_id}")),
+            links(
+                ("get_bulk" = (operation_id = "get_bulk", parameters(("id" = "$response.body#/bulk_id")))),
+                ("get_bulk_results" = (operation_id = "get_bulk_results", parameters(("id" = "$response.body#/bulk_id")))),
+                ("cancel_bulk" = (operation_id = "cancel_bulk", parameters(("id" = "$response.body#/bulk_id"))))
+            )),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),

@@ -46,9 +46,10 @@ pub struct SetStock {
     summary = "Set a sku's stock on hand (admin, system)",
     description = "Creates the inventory row when missing: the sku becomes stock-tracked.",
     request_body = SetStock,
-    params(("sku" = String, Path, description = "1-64 characters of A-Z a-z 0-9 - _ . :")),
+    params(("sku" = String, Path, description = "1-64 characters of A-Z a-z 0-9 - _ . :", pattern = "^[A-Za-z0-9._:-]{1,64}$")),
     responses(
-        (status = 200, description = "The stock level", body = inventory::Stock),
+        (status = 200, description = "The stock level", body = inventory::Stock,
+            links(("get_stock" = (operation_id = "get_stock", parameters(("sku" = "$response.body#/sku")))))),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
@@ -97,7 +98,7 @@ async fn write(
     operation_id = "get_stock",
     tag = "inventory",
     summary = "Read a sku's stock (admin, system, support)",
-    params(("sku" = String, Path, description = "1-64 characters of A-Z a-z 0-9 - _ . :")),
+    params(("sku" = String, Path, description = "1-64 characters of A-Z a-z 0-9 - _ . :", pattern = "^[A-Za-z0-9._:-]{1,64}$")),
     responses(
         (status = 200, description = "The stock level", body = inventory::Stock),
         (status = 400, response = BadRequest),

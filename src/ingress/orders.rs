@@ -68,7 +68,13 @@ fn etag(version: i64) -> HeaderValue {
     params(TraceParentHeader),
     responses(
         (status = 201, description = "Created", body = OrderView,
-            headers(("Location" = String, description = "/orders/{id}"), ("ETag" = String, description = "The order version, quoted"))),
+            headers(("Location" = String, description = "/orders/{id}"), ("ETag" = String, description = "The order version, quoted")),
+            links(
+                ("get_order" = (operation_id = "get_order", parameters(("id" = "$response.body#/id")))),
+                ("get_order_history" = (operation_id = "get_order_history", parameters(("id" = "$response.body#/id")))),
+                ("get_valid_actions" = (operation_id = "get_valid_actions", parameters(("id" = "$response.body#/id")))),
+                ("change_status" = (operation_id = "change_status", parameters(("id" = "$response.body#/id"))))
+            )),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
@@ -342,7 +348,8 @@ fn accepted(status: StatusCode, job: &Job) -> Response {
             body = ChangeOutcome,
             headers(("Location" = String, description = "/jobs/{job_id}, for a repeat"), ("ETag" = String, description = "The new order version, when applied"))),
         (status = 202, description = "Queued", body = JobAccepted,
-            headers(("Location" = String, description = "/jobs/{job_id}"))),
+            headers(("Location" = String, description = "/jobs/{job_id}")),
+            links(("get_job" = (operation_id = "get_job", parameters(("id" = "$response.body#/job_id")))))),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),

@@ -28,8 +28,12 @@ pub struct BulkChange {
     pub selection: Selection,
     pub action: Option<Action>,
     pub to: Option<OrderStatus>,
+    /// Required by status-update: it is written to every order's history.
+    #[schema(max_length = 500, pattern = "^[^\\u0000]*$")]
     pub reason: Option<String>,
+    #[schema(max_length = 100, pattern = "^[^\\u0000]*$")]
     pub tracking_number: Option<String>,
+    /// Required by status-update; not allowed in a preview.
     pub mode: Option<BulkMode>,
 }
 
