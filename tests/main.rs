@@ -13,6 +13,7 @@ mod exactly_once;
 mod faults;
 mod hostile_input;
 mod metrics;
+mod openapi;
 mod pagination;
 mod pipeline;
 mod rate_limits;
