@@ -24,6 +24,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 
+pub mod openapi;
+
 /// Bind, announce the address on stdout (tests and scripts read it), serve until shutdown.
 pub async fn serve_http(
     http: &HttpConfig,
@@ -127,7 +129,7 @@ pub async fn run_ingress(
         &http,
         router
             .merge(health::router(pool, Some(publisher)))
-            .merge(crate::openapi::router()),
+            .merge(openapi::router()),
         shutdown,
     )
     .await
@@ -280,7 +282,7 @@ pub async fn run_all(cfg: AllConfig, shutdown: CancellationToken) -> anyhow::Res
     let router = ingress_router
         .merge(sse::router(bridge))
         .merge(health::router(pool, Some(publisher)))
-        .merge(crate::openapi::router());
+        .merge(openapi::router());
     let token = shutdown.clone();
     let http = cfg.http;
     tasks.spawn(async move { serve_http(&http, router, token).await });

@@ -21,8 +21,8 @@
 //! Around them: [`store`] (SQL, the caller owns the transaction), [`broker`] (RabbitMQ
 //! topology and confirmed publishers), [`http`] (the one `ApiError`, extractors), [`event`]
 //! (the event JSON shared by outbox, exchange and SSE), [`auth`] (JWT → [`domain::Actor`]),
-//! [`config`] (clap + env), [`app`] (composing roles into processes), [`openapi`] (the
-//! OpenAPI document and the `/docs` page), [`telemetry`],
+//! [`config`] (clap + env), [`app`] (composing roles into processes; with
+//! [`app::openapi`], the OpenAPI document and the `/docs` page), [`telemetry`],
 //! [`trace`] (W3C `traceparent` carried from request to event) and [`shutdown`]. The
 //! benchmarks are a client of all this and live in their own package, `orderflow-bench`
 //! (`bench/`).
@@ -42,7 +42,6 @@ pub mod event;
 pub mod http;
 pub mod ingress;
 pub mod metrics;
-pub mod openapi;
 pub mod orders;
 pub mod relay;
 pub mod shutdown;

@@ -1,6 +1,6 @@
 //! What every documented operation shares in the OpenAPI document: the one error body,
 //! a reusable response per error status (API.md's table), and the names of the two ways a
-//! caller presents its token. The document itself is assembled in [`crate::openapi`].
+//! caller presents its token. The document itself is assembled in [`crate::app::openapi`].
 
 // The response types below exist for their `ToResponse` derive: the document's reusable
 // responses, each a reference to `ErrorBody`. Nothing constructs them.

@@ -53,7 +53,7 @@ struct ListParams {
     cursor: Option<Uuid>,
 }
 
-/// A page of jobs in id order.
+/// A page of jobs, newest first.
 #[derive(Serialize, ToSchema)]
 pub struct JobPage {
     jobs: Vec<JobView>,

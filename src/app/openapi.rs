@@ -3,8 +3,8 @@
 //! served at `/openapi.json`, with an interactive Swagger UI at `/docs` whose assets are
 //! compiled into the binary (no CDN: it works offline). Neither needs a token.
 //!
-//! It sits beside `app` because it documents the routes of several adapters (ingress and
-//! the SSE bridge), which may not import each other.
+//! It is part of `app` because it documents the routes of several adapters (ingress and
+//! the SSE bridge), which may not import each other; `app` serves it with the REST API.
 
 use crate::http::openapi::{
     ACCESS_TOKEN, BEARER, BadRequest, Conflict, ErrorBody, Forbidden, NotFound, PayloadTooLarge,
