@@ -289,7 +289,7 @@ pub struct ChangeApplied {
 #[serde(untagged)]
 #[allow(dead_code)] // the schema of two bodies the handler renders
 enum ChangeOutcome {
-    Applied(ChangeApplied),
+    Applied(Box<ChangeApplied>),
     Repeat(JobAccepted),
 }
 
