@@ -17,6 +17,7 @@ pub const ACCESS_TOKEN: &str = "access_token";
 
 /// Every error: `{"error": {"code", "message"}}` (see [`super::ApiError`], which renders it).
 #[derive(Serialize, ToSchema)]
+#[schema(description = "Every error: `{\"error\": {\"code\", \"message\"}}`.")]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }

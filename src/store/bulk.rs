@@ -199,6 +199,7 @@ impl BulkOp {
 
 /// A bulk operation as the API shows it (see [`BulkOp::view`]).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(description = "A bulk operation and its progress; also the `bulk.progress` event's data.")]
 pub struct BulkView {
     pub id: Uuid,
     pub status: BulkStatus,
