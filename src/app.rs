@@ -26,6 +26,8 @@ use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
+pub mod openapi;
+
 /// Bind, announce the address on stdout (tests and scripts read it), serve until shutdown.
 pub async fn serve_http(
     http: &HttpConfig,
@@ -157,7 +159,9 @@ pub async fn run_ingress(
     }
     serve_http(
         &http,
-        router.merge(health::router(pool, Some(publisher))),
+        router
+            .merge(health::router(pool, Some(publisher)))
+            .merge(openapi::router()),
         shutdown,
     )
     .await
@@ -320,7 +324,8 @@ pub async fn run_all(cfg: AllConfig, shutdown: CancellationToken) -> anyhow::Res
     ));
     let router = ingress_router
         .merge(sse::router(bridge))
-        .merge(health::router(pool, Some(publisher)));
+        .merge(health::router(pool, Some(publisher)))
+        .merge(openapi::router());
     let token = shutdown.clone();
     let http = cfg.http;
     tasks.spawn(async move { serve_http(&http, router, token).await });

@@ -21,7 +21,8 @@
 //! Around them: [`store`] (SQL, the caller owns the transaction), [`broker`] (RabbitMQ
 //! topology and confirmed publishers), [`http`] (the one `ApiError`, extractors), [`event`]
 //! (the event JSON shared by outbox, exchange and SSE), [`auth`] (JWT → [`domain::Actor`]),
-//! [`config`] (clap + env), [`app`] (composing roles into processes), [`metrics`]
+//! [`config`] (clap + env), [`app`] (composing roles into processes; with
+//! [`app::openapi`], the OpenAPI document and the `/docs` page), [`metrics`]
 //! (Prometheus: every name, `/metrics`, the sampler), [`telemetry`],
 //! [`trace`] (W3C `traceparent` carried from request to event) and [`shutdown`]. The
 //! benchmarks are a client of all this and live in their own package, `orderflow-bench`

@@ -16,6 +16,7 @@ mod exactly_once;
 mod faults;
 mod hostile_input;
 mod metrics;
+mod openapi;
 mod operations;
 mod pagination;
 mod pipeline;

@@ -8,7 +8,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// What a job asks for: one order's change, or a whole bulk operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobKind {
     ChangeStatus,
@@ -27,7 +27,7 @@ impl JobKind {
 }
 
 /// A job's status (API.md, "Jobs"). Every accepted job reaches exactly one terminal status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
     Queued,
@@ -71,7 +71,7 @@ impl JobStatus {
 }
 
 /// A bulk operation's status (API.md, "Bulk").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BulkStatus {
     Queued,
@@ -121,7 +121,7 @@ impl BulkStatus {
 }
 
 /// How a bulk applies: every order that may move (`best_effort`), or all or none (`atomic`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BulkMode {
     BestEffort,
@@ -140,7 +140,7 @@ impl BulkMode {
 }
 
 /// What became of one order of a bulk (API.md, bulk results).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ItemOutcome {
     Applied,

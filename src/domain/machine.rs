@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use uuid::Uuid;
 
 /// A condition on the order's context that must hold for a transition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Guard {
     /// Payment status must be `unpaid` (paying twice is not a transition).
@@ -53,7 +53,7 @@ impl Guard {
 }
 
 /// What a transition does besides changing the status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Effect {
     SetPaymentPaid,
@@ -324,7 +324,7 @@ pub fn action_for_target(from: OrderStatus, to: OrderStatus) -> Result<Action, R
 }
 
 /// One line of `valid-actions`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ActionAvailability {
     pub action: Action,
     pub to: OrderStatus,

@@ -5,5 +5,6 @@
 pub mod error;
 pub mod extract;
 pub mod headers;
+pub mod openapi;
 
 pub use error::ApiError;

@@ -5,6 +5,10 @@ use super::IngressState;
 use crate::domain::{Actor, JobKind, JobStatus, RejectCode, Role};
 use crate::http::ApiError;
 use crate::http::extract::{Json, Path, Query};
+use crate::http::openapi::{
+    BadRequest, Conflict, Forbidden, NotFound, TooManyRequests, Unauthorized, Unavailable,
+};
+use crate::ingress::orders::JobAccepted;
 use crate::orders::dead;
 use crate::store::jobs::{self, JobFilter, JobView};
 use axum::Router;
@@ -12,8 +16,8 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 pub fn router() -> Router<IngressState> {
@@ -47,15 +51,48 @@ fn admin_only(actor: &Actor) -> Result<(), ApiError> {
 
 const MAX_PAGE: i64 = 200;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListParams {
+    /// Only jobs in this status (e.g. `dead`).
     status: Option<JobStatus>,
+    /// Only jobs of this kind.
     kind: Option<JobKind>,
+    /// Only jobs whose error has this code (e.g. `invalid_job`).
     error_code: Option<String>,
+    /// Page size (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
+    /// `next_cursor` of the previous page.
     cursor: Option<Uuid>,
 }
+
+/// A page of jobs, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct JobPage {
+    jobs: Vec<JobView>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    next_cursor: Option<Uuid>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/admin/jobs",
+    operation_id = "list_jobs",
+    tag = "admin",
+    summary = "List jobs, e.g. the dead ones (admin, support)",
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of jobs", body = JobPage),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    ),
+    security(("bearer" = []))
+)]
 
 async fn list(
     State(state): State<IngressState>,
@@ -84,10 +121,34 @@ async fn list(
     let next_cursor = (page.len() as i64 > limit).then(|| page[limit as usize - 1].id);
     page.truncate(limit as usize);
     let views: Vec<JobView> = page.into_iter().map(Into::into).collect();
-    Ok(axum::Json(json!({ "jobs": views, "next_cursor": next_cursor })).into_response())
+    Ok(axum::Json(JobPage {
+        jobs: views,
+        next_cursor,
+    })
+    .into_response())
 }
 
 /// Send a dead job through the queue once more, attempts reset.
+#[utoipa::path(
+    post,
+    path = "/admin/jobs/{id}/retry",
+    operation_id = "retry_job",
+    tag = "admin",
+    summary = "Redrive a dead job, attempts reset (admin)",
+    params(("id" = Uuid, Path, description = "Job id")),
+    responses(
+        (status = 202, description = "Queued again", body = JobAccepted,
+            headers(("Location" = String, description = "/jobs/{job_id}"))),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    ),
+    security(("bearer" = []))
+)]
 async fn retry(
     State(state): State<IngressState>,
     actor: Actor,
@@ -97,7 +158,11 @@ async fn retry(
     let job = dead::redrive(&state.pool, &state.publisher, &actor, id).await?;
     let mut response = (
         StatusCode::ACCEPTED,
-        axum::Json(json!({ "job_id": id, "order_id": job.order_id, "status": "queued" })),
+        axum::Json(JobAccepted {
+            job_id: id,
+            order_id: job.order_id,
+            status: JobStatus::Queued,
+        }),
     )
         .into_response();
     response.headers_mut().insert(

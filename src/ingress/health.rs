@@ -6,10 +6,12 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
+use serde::Serialize;
 use serde_json::json;
 use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
+use utoipa::ToSchema;
 
 #[derive(Clone)]
 struct Deps {
@@ -28,6 +30,27 @@ pub fn router(pool: PgPool, publisher: Option<Arc<JobPublisher>>) -> Router {
         .with_state(Deps { pool, publisher })
 }
 
+/// Readiness, with the reason when a dependency does not answer.
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    ready: bool,
+    /// `ok`, or `unavailable: <why>`.
+    database: String,
+    /// `ok`, `not used` (a role that publishes no jobs), or `unavailable: <why>`.
+    broker: String,
+}
+
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    tag = "operations",
+    summary = "The database and the broker answer",
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "Not ready, with the reason", body = Readiness),
+    )
+)]
 async fn ready(State(deps): State<Deps>) -> impl IntoResponse {
     let database = match tokio::time::timeout(
         Duration::from_secs(2),
@@ -54,6 +77,10 @@ async fn ready(State(deps): State<Deps>) -> impl IntoResponse {
     };
     (
         status,
-        Json(json!({ "ready": ready, "database": database, "broker": broker })),
+        Json(Readiness {
+            ready,
+            database,
+            broker,
+        }),
     )
 }

@@ -4,6 +4,10 @@ use super::IngressState;
 use crate::domain::{Actor, RejectCode, Role};
 use crate::http::ApiError;
 use crate::http::extract::{Json, Path};
+use crate::http::openapi::{
+    BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, TooManyRequests, Unauthorized,
+    Unavailable,
+};
 use crate::orders::create::valid_sku;
 use crate::store::inventory;
 use axum::Router;
@@ -27,11 +31,35 @@ fn checked_sku(sku: &str) -> Result<(), ApiError> {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct SetStock {
+pub struct SetStock {
+    #[schema(minimum = 0)]
     on_hand: i64,
 }
+
+#[utoipa::path(
+    put,
+    path = "/inventory/{sku}",
+    operation_id = "set_stock",
+    tag = "inventory",
+    summary = "Set a sku's stock on hand (admin, system)",
+    description = "Creates the inventory row when missing: the sku becomes stock-tracked.",
+    request_body = SetStock,
+    params(("sku" = String, Path, description = "1-64 characters of A-Z a-z 0-9 - _ . :", pattern = "^[A-Za-z0-9._:-]{1,64}$")),
+    responses(
+        (status = 200, description = "The stock level", body = inventory::Stock,
+            links(("get_stock" = (operation_id = "get_stock", parameters(("sku" = "$response.body#/sku")))))),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    ),
+    security(("bearer" = []))
+)]
 
 async fn write(
     State(state): State<IngressState>,
@@ -64,6 +92,24 @@ async fn write(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/inventory/{sku}",
+    operation_id = "get_stock",
+    tag = "inventory",
+    summary = "Read a sku's stock (admin, system, support)",
+    params(("sku" = String, Path, description = "1-64 characters of A-Z a-z 0-9 - _ . :", pattern = "^[A-Za-z0-9._:-]{1,64}$")),
+    responses(
+        (status = 200, description = "The stock level", body = inventory::Stock),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    ),
+    security(("bearer" = []))
+)]
 async fn read(
     State(state): State<IngressState>,
     actor: Actor,

@@ -4,6 +4,7 @@ use super::IngressState;
 use crate::domain::Actor;
 use crate::http::ApiError;
 use crate::http::extract::Path;
+use crate::http::openapi::{BadRequest, NotFound, TooManyRequests, Unauthorized, Unavailable};
 use crate::store::jobs::{self, JobView};
 use crate::store::orders;
 use axum::Router;
@@ -15,6 +16,23 @@ pub fn router() -> Router<IngressState> {
     Router::new().route("/jobs/{id}", get(read))
 }
 
+#[utoipa::path(
+    get,
+    path = "/jobs/{id}",
+    operation_id = "get_job",
+    tag = "jobs",
+    summary = "Read a job (its submitter, the order's customer, support, admin)",
+    params(("id" = Uuid, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "The job", body = JobView),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    ),
+    security(("bearer" = []))
+)]
 async fn read(
     State(state): State<IngressState>,
     actor: Actor,

@@ -28,7 +28,10 @@ pub struct ChangeCommand {
 /// The wire shape (request body of `change-status`, and `jobs.payload`). Unknown fields
 /// are refused: a client that tries to set `status` or `version` learns at once it cannot.
 /// (No `#[serde(default)]`: with it serde would read a JSON array as this struct.)
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(
+    description = "A status change: exactly one of `action` and `to`. `tracking_number` is required to ship. Text is free of NUL characters."
+)]
 #[serde(deny_unknown_fields)]
 pub struct ChangeBody {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -36,10 +39,14 @@ pub struct ChangeBody {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub to: Option<OrderStatus>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 500, pattern = "^[^\\u0000]*$")]
     pub reason: Option<String>,
+    /// The order version the change expects (also `If-Match`); 409 `version_conflict`
+    /// otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expected_version: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 100, pattern = "^[^\\u0000]*$")]
     pub tracking_number: Option<String>,
 }
 

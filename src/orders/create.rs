@@ -16,20 +16,26 @@ pub const MAX_QUANTITY: i32 = 1_000_000;
 pub const MAX_UNIT_PRICE_CENTS: i64 = 1_000_000_000_000;
 
 /// The `POST /orders` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOrder {
+    #[schema(min_items = 1, max_items = 100)]
     pub items: Vec<ItemIn>,
+    /// ISO 4217 code; `USD` when omitted.
+    #[schema(pattern = "^[A-Z]{3}$")]
     pub currency: Option<String>,
     /// Admin and system may create an order for a customer; a customer's own id otherwise.
     pub customer_id: Option<Uuid>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ItemIn {
+    #[schema(pattern = "^[A-Za-z0-9._:-]{1,64}$")]
     pub sku: String,
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub quantity: i32,
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
     pub unit_price_cents: i64,
 }
 

@@ -12,6 +12,7 @@ use crate::config::BridgeConfig;
 use crate::domain::{Actor, Role};
 use crate::event::Event;
 use crate::http::ApiError;
+use crate::http::openapi::{BadRequest, Forbidden, Unauthorized, Unavailable};
 use crate::metrics;
 use ::metrics::{counter, gauge};
 use anyhow::Context;
@@ -25,13 +26,13 @@ use futures::StreamExt;
 use hub::Hub;
 use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 /// Counters for `/orders/events/stats`.
@@ -126,15 +127,40 @@ pub fn router(state: BridgeState) -> Router {
         .with_state(state)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct SubscribeParams {
+    /// Only this order's events.
     order_id: Option<Uuid>,
+    /// Only changes into this status.
     status: Option<crate::domain::OrderStatus>,
+    /// Resume after this event id (`Last-Event-ID` wins when both are given).
+    #[param(minimum = 0)]
     last_event_id: Option<i64>,
-    /// Read by the auth extractor; accepted here so it is not an unknown parameter.
+    /// The token, for EventSource, which cannot set headers: the `access_token`
+    /// security scheme. Read by the auth extractor; accepted here so it is not an unknown
+    /// parameter.
     #[allow(dead_code)]
+    #[param(ignore)]
     access_token: Option<String>,
+}
+
+/// One event on the stream, as an EventSource sees it (`id:`, `event:`, `data:` lines).
+#[derive(ToSchema)]
+#[allow(dead_code)] // the schema of what `stream` writes
+struct StreamEvent {
+    /// The event's `seq`: resume with it as `Last-Event-ID`.
+    id: Option<String>,
+    /// `order.created`, `order.status_changed`, `bulk.progress` (admin, support) or
+    /// `reset` (the resume point is older than retention).
+    event: Option<String>,
+    /// The event JSON: for order events `{seq, type, order_id, customer_id, from, to,
+    /// action, payment_status, version, actor: {id, role}, reason, job_id, bulk_id, at}`.
+    #[schema(content_media_type = "application/json")]
+    data: String,
+    /// Reconnect delay hint in milliseconds.
+    retry: Option<u64>,
 }
 
 /// What one connection may and wants to see.
@@ -162,6 +188,25 @@ impl Filter {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/orders/events/subscribe",
+    operation_id = "subscribe_events",
+    tag = "events",
+    summary = "Live events (Server-Sent Events)",
+    description = "Customers receive only their own orders' events. `Last-Event-ID` (header or `last_event_id`) resumes after that id with nothing lost and nothing repeated. Served by `orderflow all` and by `sse-bridge`.",
+    params(
+        SubscribeParams,
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id (a non-negative integer)"),
+    ),
+    responses(
+        (status = 200, description = "An endless `text/event-stream`", content_type = "text/event-stream", body = StreamEvent),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 503, response = Unavailable),
+    ),
+    security(("bearer" = []), ("access_token" = []))
+)]
 async fn subscribe(
     State(state): State<BridgeState>,
     actor: Actor,
@@ -200,6 +245,37 @@ async fn subscribe(
     Ok(([("x-accel-buffering", "no")], sse))
 }
 
+/// This bridge instance's connections and counters.
+#[derive(Serialize, ToSchema)]
+pub struct BridgeStats {
+    instance: String,
+    connections: Connections,
+    events_delivered: u64,
+    slow_disconnects: u64,
+    replayed_from_memory: u64,
+    replayed_from_db: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Connections {
+    total: u64,
+    /// Open connections per role.
+    by_role: std::collections::BTreeMap<String, u64>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/orders/events/stats",
+    operation_id = "get_event_stats",
+    tag = "events",
+    summary = "This bridge instance's connections and counters (admin)",
+    responses(
+        (status = 200, description = "Counters since the bridge started", body = BridgeStats),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+    ),
+    security(("bearer" = []))
+)]
 async fn stats(
     State(state): State<BridgeState>,
     actor: Actor,
@@ -211,24 +287,24 @@ async fn stats(
         ));
     }
     let s = &state.stats;
-    let by_role: serde_json::Map<String, serde_json::Value> = Role::ALL
+    let by_role = Role::ALL
         .iter()
         .map(|r| {
             (
                 r.as_str().to_owned(),
-                json!(s.by_role[role_index(*r)].load(Ordering::Relaxed)),
+                s.by_role[role_index(*r)].load(Ordering::Relaxed),
             )
         })
         .collect();
     let total: u64 = s.by_role.iter().map(|c| c.load(Ordering::Relaxed)).sum();
-    Ok(Json(json!({
-        "instance": state.instance,
-        "connections": { "total": total, "by_role": by_role },
-        "events_delivered": s.events_delivered.load(Ordering::Relaxed),
-        "slow_disconnects": s.slow_disconnects.load(Ordering::Relaxed),
-        "replayed_from_memory": s.replayed_from_memory.load(Ordering::Relaxed),
-        "replayed_from_db": s.replayed_from_db.load(Ordering::Relaxed),
-    })))
+    Ok(Json(BridgeStats {
+        instance: state.instance.clone(),
+        connections: Connections { total, by_role },
+        events_delivered: s.events_delivered.load(Ordering::Relaxed),
+        slow_disconnects: s.slow_disconnects.load(Ordering::Relaxed),
+        replayed_from_memory: s.replayed_from_memory.load(Ordering::Relaxed),
+        replayed_from_db: s.replayed_from_db.load(Ordering::Relaxed),
+    }))
 }
 
 /// Feed the hub from the broker until `shutdown`, reconnecting whenever the broker is lost.

@@ -10,7 +10,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 /// Which orders a bulk operation is about: explicit ids, or a filter.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Selection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -19,7 +19,7 @@ pub struct Selection {
     pub filter: Option<Filter>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Filter {
     pub status: Option<Vec<OrderStatus>>,
@@ -175,25 +175,60 @@ impl BulkOp {
 
     /// The public shape (API.md, Bulk), also the `bulk.progress` event's body.
     pub fn view(&self) -> Value {
-        serde_json::json!({
-            "id": self.id,
-            "status": self.status,
-            "mode": self.mode,
-            "action": self.request.get("action").or_else(|| self.request.get("to")),
-            "request": self.request,
-            "total": self.total,
-            "applied": self.applied,
-            "rejected": self.rejected,
-            "failed": self.failed,
-            "skipped": self.skipped,
-            "pending": self.pending(),
-            "cancel_requested": self.cancel_requested,
-            "error": self.error,
-            "created_at": self.created_at,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-        })
+        let view = BulkView {
+            id: self.id,
+            status: self.status,
+            mode: self.mode,
+            action: self
+                .request
+                .get("action")
+                .or_else(|| self.request.get("to"))
+                .cloned(),
+            request: self.request.clone(),
+            total: self.total,
+            applied: self.applied,
+            rejected: self.rejected,
+            failed: self.failed,
+            skipped: self.skipped,
+            pending: self.pending(),
+            cancel_requested: self.cancel_requested,
+            error: self.error.clone(),
+            created_at: self.created_at,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+        };
+        serde_json::to_value(view).expect("a bulk view serializes")
     }
+}
+
+/// A bulk operation as the API shows it (see [`BulkOp::view`]).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(description = "A bulk operation and its progress; also the `bulk.progress` event's data.")]
+pub struct BulkView {
+    pub id: Uuid,
+    pub status: BulkStatus,
+    pub mode: BulkMode,
+    /// The action, or the target status, applied to every order.
+    #[schema(value_type = Option<String>, required)]
+    pub action: Option<Value>,
+    /// The change as submitted: `action` or `to`, `reason`, `tracking_number`.
+    #[schema(value_type = Object)]
+    pub request: Value,
+    pub total: i32,
+    pub applied: i32,
+    pub rejected: i32,
+    pub failed: i32,
+    pub skipped: i32,
+    pub pending: i32,
+    pub cancel_requested: bool,
+    /// Why the bulk failed as a whole (`{code, message}`), if it did.
+    #[schema(value_type = Option<Object>, required)]
+    pub error: Option<Value>,
+    pub created_at: DateTime<Utc>,
+    #[schema(required)]
+    pub started_at: Option<DateTime<Utc>>,
+    #[schema(required)]
+    pub finished_at: Option<DateTime<Utc>>,
 }
 
 pub struct NewBulk<'a> {
@@ -589,7 +624,7 @@ pub async fn request_cancel(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<O
 }
 
 /// One exported row.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ResultRow {
     pub order_id: Uuid,
     pub outcome: Option<ItemOutcome>,

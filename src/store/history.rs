@@ -21,7 +21,7 @@ pub struct Entry {
 }
 
 /// The public shape of a history row (API.md).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EntryView {
     pub from: Option<String>,
     pub to: String,
@@ -34,7 +34,7 @@ pub struct EntryView {
     pub at: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ActorView {
     pub id: Uuid,
     pub role: String,

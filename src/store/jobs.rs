@@ -27,7 +27,7 @@ pub struct Job {
 }
 
 /// The public shape of a job (API.md, "Jobs").
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct JobView {
     pub id: Uuid,
     pub kind: JobKind,

@@ -22,14 +22,18 @@ use std::collections::BTreeMap;
 use uuid::Uuid;
 
 /// The body of a bulk preview or status-update: a selection and the change for each order.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BulkChange {
     pub selection: Selection,
     pub action: Option<Action>,
     pub to: Option<OrderStatus>,
+    /// Required by status-update: it is written to every order's history.
+    #[schema(max_length = 500, pattern = "^[^\\u0000]*$")]
     pub reason: Option<String>,
+    #[schema(max_length = 100, pattern = "^[^\\u0000]*$")]
     pub tracking_number: Option<String>,
+    /// Required by status-update; not allowed in a preview.
     pub mode: Option<BulkMode>,
 }
 
@@ -49,14 +53,27 @@ impl BulkChange {
 }
 
 /// What a bulk would do now (API.md, preview).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Preview {
     pub matched: usize,
     pub not_found: usize,
     pub would_apply: usize,
     pub would_reject: BTreeMap<&'static str, u64>,
     pub by_status: BTreeMap<&'static str, u64>,
+    #[schema(value_type = Vec<PreviewSample>)]
     pub sample: Vec<Value>,
+}
+
+/// One order of a preview's sample (the first 20 orders).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // the schema of the sample entries `preview` builds
+pub struct PreviewSample {
+    order_id: Uuid,
+    outcome: crate::domain::ItemOutcome,
+    /// The rejection code, when rejected (`not_found` for an id without an order).
+    code: Option<String>,
+    from: Option<OrderStatus>,
+    to: Option<OrderStatus>,
 }
 
 const SAMPLE: usize = 20;
