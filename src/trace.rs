@@ -184,4 +184,31 @@ mod tests {
         }
         assert!(parse(&for_request(&HeaderMap::new())).is_some());
     }
+
+    #[test]
+    fn with_a_tracer_the_request_span_is_carried_and_later_hops_continue_it() {
+        use opentelemetry::trace::TracerProvider as _;
+        use tracing_subscriber::layer::SubscriberExt;
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+            let request = Request::builder()
+                .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+                .body(())
+                .unwrap();
+            let span = request_span(&request);
+            let carried = span.in_scope(|| for_request(request.headers()));
+            let p = parse(&carried).expect("a valid traceparent");
+            assert_eq!((p.trace_id, p.flags), (trace_id, "01"), "{carried}");
+            assert_ne!(p.parent_id, "00f067aa0ba902b7", "{carried}");
+            assert_eq!(of_span(&span).as_deref(), Some(carried.as_str()));
+
+            let hop = tracing::info_span!(parent: None, "hop");
+            continue_from(&hop, Some(&carried));
+            let hop = of_span(&hop).expect("the hop's span is exported");
+            assert!(hop.starts_with(&format!("00-{trace_id}-")), "{hop}");
+        });
+    }
 }
