@@ -3,6 +3,8 @@
 //! relay's publish and the SSE send; and the `traceparent` the change carries (job row,
 //! events) is the ingress request span's own context.
 
+use std::time::Duration;
+
 use serde_json::json;
 use uuid::Uuid;
 
@@ -133,6 +135,37 @@ async fn one_change_is_one_trace_continuing_the_callers_traceparent() {
         1,
         "the job's span links to its batch's span: {apply:#?}"
     );
+    sys.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_still_buffered_are_sent_when_the_process_stops() {
+    let receiver = OtlpReceiver::start().await;
+    let mut sys = TestSystem::start_with_env(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        // No scheduled export while the test runs: only the shutdown flush sends them.
+        ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
+    ])
+    .await;
+    let admin = sys.token("admin", Uuid::new_v4());
+    let order = sys.create_simple_order(&admin).await;
+    sys.apply(&admin, order, &json!({"action": "mark_paid"}))
+        .await;
+    sys.wait_outbox_drained(EVENT_DEADLINE).await;
+    assert!(
+        receiver.spans().is_empty(),
+        "nothing is exported before the schedule or the shutdown"
+    );
+
+    sys.terminate(Duration::from_secs(30)).await;
+    let names: Vec<String> = receiver.spans().into_iter().map(|s| s.name).collect();
+    for name in [REQUEST, APPLY, EVENT_PUBLISH] {
+        assert!(
+            names.iter().any(|n| n == name),
+            "`{name}` flushed at shutdown; got {names:?}"
+        );
+    }
     sys.stop().await;
 }
 
