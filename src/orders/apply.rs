@@ -294,8 +294,10 @@ pub async fn apply_batch(pool: &PgPool, job_ids: &[Uuid]) -> sqlx::Result<Report
         };
         let span = job_span(&job);
         let (outcome, done) = span.in_scope(|| batch.apply_job(&job));
-        span.record("outcome", outcome.as_str());
-        job_spans.push(span);
+        if !span.is_none() {
+            span.record("outcome", outcome.as_str());
+            job_spans.push(span);
+        }
         finished.push(done);
         accepted_at.push(job.created_at);
         report.push((job.id, outcome));

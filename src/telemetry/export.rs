@@ -20,10 +20,14 @@ fn set(var: &str) -> Option<String> {
     std::env::var(var).ok().filter(|v| !v.trim().is_empty())
 }
 
-/// Is an OTLP endpoint configured (for all signals, or for traces)?
+/// Is an OTLP endpoint configured (for all signals, or for traces), and tracing not
+/// switched off the standard ways (`OTEL_SDK_DISABLED=true`, `OTEL_TRACES_EXPORTER=none`)?
 pub(super) fn endpoint_configured() -> bool {
-    set("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
-        || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some()
+    let disabled = set("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+        || set("OTEL_TRACES_EXPORTER").is_some_and(|v| v.trim() == "none");
+    !disabled
+        && (set("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
+            || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some())
 }
 
 /// `OTEL_SERVICE_NAME`, else the role's default.
