@@ -50,8 +50,18 @@ pub async fn serve_http(
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::middleware::from_fn(crate::metrics::track_http))
         .layer(DefaultBodyLimit::max(http.body_limit_bytes))
-        .layer(cors(&http.cors_origins))
-        .layer(TraceLayer::new_for_http());
+        .layer(cors(&http.cors_origins));
+    // Exported, a request's span continues the caller's trace; otherwise it stays
+    // tower-http's default (debug level: no span at all in an info log).
+    let app = if crate::telemetry::exporting() {
+        app.layer(
+            TraceLayer::new_for_http()
+                .make_span_with(crate::trace::request_span::<axum::body::Body>)
+                .on_response(crate::trace::record_status::<axum::body::Body>),
+        )
+    } else {
+        app.layer(TraceLayer::new_for_http())
+    };
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<std::net::SocketAddr>(),

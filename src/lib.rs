@@ -23,8 +23,9 @@
 //! (the event JSON shared by outbox, exchange and SSE), [`auth`] (JWT → [`domain::Actor`]),
 //! [`config`] (clap + env), [`app`] (composing roles into processes; with
 //! [`app::openapi`], the OpenAPI document and the `/docs` page), [`metrics`]
-//! (Prometheus: every name, `/metrics`, the sampler), [`telemetry`],
-//! [`trace`] (W3C `traceparent` carried from request to event) and [`shutdown`]. The
+//! (Prometheus: every name, `/metrics`, the sampler), [`telemetry`] (logs, and spans over
+//! OTLP when configured), [`trace`] (W3C `traceparent` carried from request to event, and
+//! each hop's span joined to it) and [`shutdown`]. The
 //! benchmarks are a client of all this and live in their own package, `orderflow-bench`
 //! (`bench/`).
 

@@ -101,9 +101,12 @@ async fn main() -> anyhow::Result<()> {
         println!("{}", Keys::new(&jwt_secret).mint(actor, ttl));
         return Ok(());
     }
-    orderflow::telemetry::init();
+    let telemetry = orderflow::telemetry::init(match cli.command {
+        Command::Serve { .. } => "orderflow-ingress",
+        _ => "orderflow",
+    });
     let shutdown = orderflow::shutdown::on_signal();
-    match cli.command {
+    let result = match cli.command {
         Command::All {
             common,
             http,
@@ -138,5 +141,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Token { .. } => unreachable!("handled above"),
-    }
+    };
+    telemetry.shutdown().await;
+    result
 }

@@ -25,6 +25,7 @@ mod rejections;
 mod seq_reuse;
 mod sse_resume;
 mod state_machine;
+mod traces;
 mod visibility;
 
 /// `autotests = false` (Cargo.toml): a file under tests/ that no `mod` above names would

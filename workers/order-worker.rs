@@ -18,12 +18,14 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    orderflow::telemetry::init();
-    orderflow::app::run_worker(
+    let telemetry = orderflow::telemetry::init("orderflow-worker");
+    let result = orderflow::app::run_worker(
         args.common,
         args.worker,
         args.metrics,
         orderflow::shutdown::on_signal(),
     )
-    .await
+    .await;
+    telemetry.shutdown().await;
+    result
 }

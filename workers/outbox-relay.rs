@@ -19,12 +19,14 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    orderflow::telemetry::init();
-    orderflow::app::run_relay(
+    let telemetry = orderflow::telemetry::init("orderflow-relay");
+    let result = orderflow::app::run_relay(
         args.common,
         args.relay,
         args.metrics,
         orderflow::shutdown::on_signal(),
     )
-    .await
+    .await;
+    telemetry.shutdown().await;
+    result
 }

@@ -19,12 +19,14 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    orderflow::telemetry::init();
-    orderflow::app::run_bridge(
+    let telemetry = orderflow::telemetry::init("orderflow-sse-bridge");
+    let result = orderflow::app::run_bridge(
         args.common,
         args.http,
         args.bridge,
         orderflow::shutdown::on_signal(),
     )
-    .await
+    .await;
+    telemetry.shutdown().await;
+    result
 }

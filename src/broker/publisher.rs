@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 use tokio::sync::oneshot;
+use tracing::Instrument;
 use uuid::Uuid;
 
 /// RabbitMQ's pseudo-queue for direct reply-to: replies come back on the publishing channel.
@@ -251,6 +252,16 @@ impl JobPublisher {
         if reply {
             props = props.with_reply_to(DIRECT_REPLY_TO.into());
         }
+        let span = crate::telemetry::hop(|| {
+            tracing::info_span!(
+                "publish job",
+                otel.name = %format_args!("publish {queue}"),
+                otel.kind = "producer",
+                messaging.system = "rabbitmq",
+                messaging.destination.name = %queue,
+                job_id = %msg.job_id,
+            )
+        });
         let outcome = tokio::time::timeout(self.timeout, async {
             let confirm = session
                 .channel
@@ -267,6 +278,7 @@ impl JobPublisher {
                 .await?;
             check(confirm.await?, queue)
         })
+        .instrument(span)
         .await
         .unwrap_or(Err(PublishError::Timeout(self.timeout)));
         if outcome.is_err() {

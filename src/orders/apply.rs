@@ -249,6 +249,18 @@ pub enum Outcome {
     Deferred,
 }
 
+impl Outcome {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Rejected(_) => "rejected",
+            Outcome::Dead(_) => "dead",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Deferred => "deferred",
+        }
+    }
+}
+
 /// Per job id, in delivery order.
 pub type Report = Vec<(Uuid, Outcome)>;
 
@@ -273,12 +285,19 @@ pub async fn apply_batch(pool: &PgPool, job_ids: &[Uuid]) -> sqlx::Result<Report
     let mut report = Vec::with_capacity(job_ids.len());
     let mut finished = Vec::with_capacity(claimed.len());
     let mut accepted_at = Vec::with_capacity(claimed.len());
+    // Exported, each job's span ends with the commit that makes its change true.
+    let mut job_spans = Vec::new();
     for id in job_ids {
         let Some(job) = claimed.remove(id) else {
             report.push((*id, Outcome::Duplicate));
             continue;
         };
-        let (outcome, done) = batch.apply_job(&job);
+        let span = job_span(&job);
+        let (outcome, done) = span.in_scope(|| batch.apply_job(&job));
+        if !span.is_none() {
+            span.record("outcome", outcome.as_str());
+            job_spans.push(span);
+        }
         finished.push(done);
         accepted_at.push(job.created_at);
         report.push((job.id, outcome));
@@ -286,8 +305,30 @@ pub async fn apply_batch(pool: &PgPool, job_ids: &[Uuid]) -> sqlx::Result<Report
     batch.write(&mut tx).await?;
     jobs::finish_many(&mut tx, &finished).await?;
     tx.commit().await?;
+    drop(job_spans);
     record_metrics(&report, &accepted_at, started);
     Ok(report)
+}
+
+/// One job's span in the batch (when spans are exported). A batch applies the changes of
+/// many requests, so the batch's span cannot be in each of their traces: every job gets a
+/// span of its own, child of the request that submitted it (the job's stored
+/// `traceparent`) and linked to the batch's span — one trace per change, and the batch
+/// one click away.
+fn job_span(job: &jobs::Job) -> tracing::Span {
+    crate::telemetry::hop(|| {
+        let span = tracing::info_span!(
+            parent: None,
+            "apply job",
+            otel.kind = "consumer",
+            job_id = %job.id,
+            order_id = job.order_id.map(tracing::field::display),
+            outcome = tracing::field::Empty,
+        );
+        crate::trace::continue_from(&span, job.traceparent.as_deref());
+        span.follows_from(tracing::Span::current());
+        span
+    })
 }
 
 /// What a committed batch adds to `/metrics`.

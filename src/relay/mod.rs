@@ -10,6 +10,7 @@
 use crate::broker::publisher::{EventPublisher, Sending};
 use crate::broker::{self, Names};
 use crate::config::RelayConfig;
+use crate::event::Event;
 use crate::metrics;
 use crate::store::{history, outbox};
 use ::metrics::{counter, histogram};
@@ -20,6 +21,7 @@ use sqlx::{PgConnection, PgPool, Postgres};
 use std::time::Duration;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Span;
 
 /// The advisory lock key of the active relay (per database).
 const RELAY_LOCK: i64 = 0x6f72_6465_7266_6c77; // "orderflw"
@@ -228,7 +230,7 @@ pub async fn drain(
 ) -> anyhow::Result<usize> {
     let mut conn = pool.acquire().await?;
     let mut sent_through = outbox::published_seq(&mut conn).await?;
-    let mut in_flight: Option<(i64, usize, Instant, Sending<'_>)> = None;
+    let mut in_flight: Option<(i64, usize, Instant, Sending<'_>, Vec<Span>)> = None;
     let mut published = 0;
     // Rows sequenced but not confirmed can only be left by a relay that died: they are
     // all after the cursor, and are republished before anything new is sequenced.
@@ -254,22 +256,50 @@ pub async fn drain(
         let queued = match next.last() {
             Some(e) => {
                 let (last, count) = (e.seq, next.len());
-                Some((last, count, Instant::now(), publisher.send(next)))
+                let spans = publish_spans(&next);
+                Some((last, count, Instant::now(), publisher.send(next), spans))
             }
             None => None,
         };
-        if let Some((through, count, queued_at, confirms)) = in_flight.take() {
+        if let Some((through, count, queued_at, confirms, spans)) = in_flight.take() {
             confirms.await.context("publishing events")?;
+            // Each event's span ends with the broker's confirm.
+            drop(spans);
             histogram!(metrics::RELAY_CONFIRM).record(queued_at.elapsed().as_secs_f64());
             outbox::mark_published(&mut conn, through).await?;
             counter!(metrics::RELAY_PUBLISHED).increment(count as u64);
             published += count;
             tracing::debug!(events = count, through, "published");
         }
-        let Some((last, count, queued_at, confirms)) = queued else {
+        let Some((last, count, queued_at, confirms, spans)) = queued else {
             return Ok(published);
         };
         sent_through = last;
-        in_flight = Some((last, count, queued_at, confirms));
+        in_flight = Some((last, count, queued_at, confirms, spans));
     }
+}
+
+/// When spans are exported, one per event, child of the request that caused it (the
+/// outbox row's `traceparent`); none otherwise.
+fn publish_spans(events: &[Event]) -> Vec<Span> {
+    if !crate::telemetry::exporting() {
+        return Vec::new();
+    }
+    events
+        .iter()
+        .map(|e| {
+            let span = tracing::info_span!(
+                parent: None,
+                "publish event",
+                otel.kind = "producer",
+                messaging.system = "rabbitmq",
+                messaging.message.id = e.seq,
+                messaging.rabbitmq.destination.routing_key = %e.routing_key,
+                event_type = %e.event_type,
+                order_id = e.order_id.map(tracing::field::display),
+            );
+            crate::trace::continue_from(&span, e.traceparent.as_deref());
+            span
+        })
+        .collect()
 }

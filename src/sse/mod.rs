@@ -371,7 +371,11 @@ async fn feed_session(state: &BridgeState, url: &str, names: &Names) -> anyhow::
         };
         let delivery = delivery.context("receiving an event")?;
         match Event::parse(delivery.routing_key.as_str(), &delivery.data) {
-            Some(event) => {
+            Some(mut event) => {
+                if crate::telemetry::exporting() {
+                    // For the SSE send spans: the event's trace rides in its header.
+                    event.traceparent = traceparent(&delivery);
+                }
                 let seq = event.seq;
                 if seq > state.hub.head() + 1 && state.hub.head() > 0 {
                     // A hole (events the bridge missed): fill it from the outbox, in order.
@@ -419,5 +423,16 @@ async fn fill_hub(state: &BridgeState, before: i64) -> anyhow::Result<()> {
         for e in events {
             state.hub.publish(e);
         }
+    }
+}
+
+/// The `traceparent` header the relay put on an event.
+fn traceparent(delivery: &lapin::message::Delivery) -> Option<String> {
+    let headers = delivery.properties.headers().as_ref()?;
+    match headers.inner().get("traceparent")? {
+        lapin::types::AMQPValue::LongString(s) => {
+            std::str::from_utf8(s.as_bytes()).ok().map(str::to_owned)
+        }
+        _ => None,
     }
 }

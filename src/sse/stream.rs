@@ -191,6 +191,19 @@ async fn deliver(
     if replaying {
         tx.send(Ok(frame)).await.map_err(|_| End::Gone)?;
     } else {
+        // Exported, a live event's send is a span in the trace of the change behind it
+        // (replays belong to a reconnect, not to that change).
+        let _send = crate::telemetry::hop(|| {
+            let span = tracing::info_span!(
+                parent: None,
+                "sse send",
+                otel.kind = "producer",
+                seq = e.seq,
+                event_type = %e.event_type,
+            );
+            crate::trace::continue_from(&span, e.traceparent.as_deref());
+            span
+        });
         tx.try_send(Ok(frame)).map_err(|err| match err {
             mpsc::error::TrySendError::Full(_) => {
                 state.stats.slow_disconnect();

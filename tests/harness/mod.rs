@@ -8,7 +8,7 @@
 //!   injection;
 //! - [`chaos`]: the load, the observers, the faults and the evidence of the fault suite;
 //! - [`tokens`], [`sse`], [`broker`], [`answer`], [`metrics`]: the clients' tools, each
-//!   written once;
+//!   written once; [`otlp`]: a trace collector the processes export to;
 //! - [`browser`]: real headless Chromium over WebDriver, for pages served by the system
 //!   or by a test;
 //! - [`wait`]: every wait is for a condition, with a deadline, and fails loudly with what
@@ -22,6 +22,7 @@ pub mod chaos;
 pub mod cluster;
 pub mod library;
 pub mod metrics;
+pub mod otlp;
 pub mod sandbox;
 pub mod sse;
 pub mod supervisor;

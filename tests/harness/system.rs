@@ -143,6 +143,22 @@ impl TestSystem {
         }
     }
 
+    /// Stops the process as an operator would (SIGTERM) and waits until it has exited
+    /// after its graceful shutdown; panics if it takes longer than `within`.
+    pub async fn terminate(&mut self, within: Duration) {
+        let mut child = self.child.take().expect("the process is running");
+        let pid = child.id().expect("a running child has a pid");
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("running kill");
+        assert!(sent.success(), "kill -TERM {pid}: {sent}");
+        match tokio::time::timeout(within, child.wait()).await {
+            Ok(status) => eprintln!("`orderflow all` stopped: {status:?}"),
+            Err(_) => panic!("`orderflow all` did not exit within {within:?} of SIGTERM"),
+        }
+    }
+
     /// Kills the process, drops the database and deletes the namespace's broker objects.
     pub async fn stop(mut self) {
         self.kill_process().await;
