@@ -79,6 +79,15 @@ async fn dead_jobs_are_retried_by_filter_and_discarded_once() {
         .expect_error(403, Some("forbidden_role"), &format!("{who} discards"));
     }
 
+    // A reason with a NUL is refused in the error shape, before anything is written.
+    sys.post(
+        &format!("/admin/jobs/{}/discard", dead[0]),
+        Some(&admin),
+        &json!({"reason": "by\u{0}phone"}),
+    )
+    .await
+    .expect_error(400, Some("invalid_request"), "a NUL in the discard reason");
+
     // Discard one: it ends cancelled, keeping why it died; only once.
     let discarded = sys
         .post(

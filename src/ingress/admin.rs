@@ -9,6 +9,7 @@ use crate::http::openapi::{
     BadRequest, Conflict, Forbidden, NotFound, TooManyRequests, Unauthorized, Unavailable,
 };
 use crate::ingress::orders::JobAccepted;
+use crate::orders::command::{MAX_REASON_CHARS, check_text};
 use crate::orders::dead;
 use crate::store::jobs::{self, JobFilter, JobView};
 use axum::Router;
@@ -218,14 +219,8 @@ async fn discard(
     } else {
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?
     };
-    if body
-        .reason
-        .as_ref()
-        .is_some_and(|r| r.chars().count() > 500)
-    {
-        return Err(ApiError::BadRequest(
-            "`reason` is at most 500 characters".into(),
-        ));
+    if let Some(reason) = &body.reason {
+        check_text("reason", reason, MAX_REASON_CHARS).map_err(|e| ApiError::BadRequest(e.0))?;
     }
     let job = dead::discard(&state.pool, &actor, id, body.reason).await?;
     Ok(axum::Json(JobView::from(job)).into_response())
