@@ -28,8 +28,9 @@ const MAX_EXAMPLES: &str = "10";
 /// The whole run, generously: it takes ~40 s on the development machine.
 const RUN_DEADLINE: Duration = Duration::from_secs(300);
 
-/// Every operation API.md promises, as (method, path template).
-const OPERATIONS: [(&str, &str); 23] = [
+/// Every operation API.md promises (and the console's admin additions), as (method, path
+/// template).
+const OPERATIONS: [(&str, &str); 26] = [
     ("post", "/orders"),
     ("get", "/orders"),
     ("get", "/orders/{id}"),
@@ -42,6 +43,9 @@ const OPERATIONS: [(&str, &str); 23] = [
     ("get", "/jobs/{id}"),
     ("get", "/admin/jobs"),
     ("post", "/admin/jobs/{id}/retry"),
+    ("post", "/admin/jobs/{id}/discard"),
+    ("post", "/admin/jobs/dead/retry"),
+    ("get", "/admin/overview"),
     ("post", "/orders/bulk/filter"),
     ("post", "/orders/bulk/preview"),
     ("post", "/orders/bulk/status-update"),

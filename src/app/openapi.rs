@@ -44,6 +44,9 @@ pub const DOCS_PATH: &str = "/docs";
         ingress::jobs::read,
         ingress::admin::list,
         ingress::admin::retry,
+        ingress::admin::retry_matching,
+        ingress::admin::discard,
+        ingress::overview::read,
         ingress::bulk::filter,
         ingress::bulk::preview,
         ingress::bulk::status_update,
@@ -201,9 +204,9 @@ mod tests {
         let doc = document();
         assert_eq!(doc["openapi"], "3.1.0");
         let paths = doc["paths"].as_object().unwrap();
-        assert_eq!(paths.len(), 21, "{:?}", paths.keys().collect::<Vec<_>>());
+        assert_eq!(paths.len(), 24, "{:?}", paths.keys().collect::<Vec<_>>());
         let operations: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
-        assert_eq!(operations, 23);
+        assert_eq!(operations, 26);
         assert!(doc["components"]["securitySchemes"][BEARER].is_object());
         assert!(doc["components"]["securitySchemes"][ACCESS_TOKEN].is_object());
         let link = &doc["paths"]["/orders"]["post"]["responses"]["201"]["links"]["get_order"];

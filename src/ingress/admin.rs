@@ -10,7 +10,7 @@ use crate::http::openapi::{
 };
 use crate::ingress::orders::JobAccepted;
 use crate::orders::command::{MAX_REASON_CHARS, check_text};
-use crate::orders::dead;
+use crate::orders::dead::{self, Redriven};
 use crate::store::jobs::{self, JobFilter, JobView};
 use axum::Router;
 use axum::extract::State;
@@ -51,6 +51,18 @@ fn admin_only(actor: &Actor) -> Result<(), ApiError> {
 }
 
 const MAX_PAGE: i64 = 200;
+/// Error codes are short identifiers (`invalid_job`, `apply_failed`, ...).
+const MAX_ERROR_CODE_CHARS: usize = 100;
+
+/// An `error_code` filter, checked like any text that comes in (a NUL is a 400 here, not
+/// a database error).
+fn checked_error_code(code: Option<String>) -> Result<Option<String>, ApiError> {
+    if let Some(code) = &code {
+        check_text("error_code", code, MAX_ERROR_CODE_CHARS)
+            .map_err(|e| ApiError::BadRequest(e.0))?;
+    }
+    Ok(code)
+}
 
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -110,7 +122,7 @@ async fn list(
     let filter = JobFilter {
         status: p.status,
         kind: p.kind,
-        error_code: p.error_code,
+        error_code: checked_error_code(p.error_code)?,
     };
     let mut page = jobs::list(
         &mut *state.pool.acquire().await?,
@@ -174,39 +186,77 @@ async fn retry(
 }
 
 /// The dead-letter view's filter.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct DeadFilter {
+pub(crate) struct DeadFilter {
     kind: Option<JobKind>,
     error_code: Option<String>,
 }
 
 /// Redrive every dead job matching the filter, oldest first, up to [`dead::MAX_REDRIVE`].
-async fn retry_matching(
+#[utoipa::path(
+    post,
+    path = "/admin/jobs/dead/retry",
+    operation_id = "retry_dead_jobs",
+    tag = "admin",
+    summary = "Redrive every dead job matching a filter, up to 1,000 per call (admin)",
+    request_body = DeadFilter,
+    responses(
+        (status = 200, description = "What was requeued", body = Redriven),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn retry_matching(
     State(state): State<IngressState>,
     actor: Actor,
     Json(filter): Json<DeadFilter>,
 ) -> Result<Response, ApiError> {
     admin_only(&actor)?;
+    let error_code = checked_error_code(filter.error_code)?;
     let done = dead::redrive_matching(
         &state.pool,
         &state.publisher,
         &actor,
         filter.kind,
-        filter.error_code.as_deref(),
+        error_code.as_deref(),
     )
     .await?;
     Ok(axum::Json(done).into_response())
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct DiscardBody {
+pub(crate) struct DiscardBody {
     reason: Option<String>,
 }
 
 /// Give up on a dead job: it ends `cancelled`, with why it died kept.
-async fn discard(
+#[utoipa::path(
+    post,
+    path = "/admin/jobs/{id}/discard",
+    operation_id = "discard_job",
+    tag = "admin",
+    summary = "Discard a dead job: it ends cancelled, its error kept (admin)",
+    params(("id" = Uuid, Path, description = "Job id")),
+    request_body(content = Option<DiscardBody>, description = "Optional: why it is discarded"),
+    responses(
+        (status = 200, description = "The job, cancelled", body = JobView),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn discard(
     State(state): State<IngressState>,
     actor: Actor,
     Path(id): Path<Uuid>,

@@ -67,7 +67,7 @@ pub async fn redrive(
 }
 
 /// What a redrive by filter did.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Redriven {
     pub requeued: usize,
     pub job_ids: Vec<Uuid>,

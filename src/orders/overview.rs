@@ -18,10 +18,11 @@ const RATE_MAX_ROWS: i64 = 200_000;
 const BULKS_SHOWN: i64 = 20;
 
 /// The snapshot (README, "Beyond API.md": `GET /admin/overview`).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Overview {
     pub at: DateTime<Utc>,
     /// Every job status, counted (0 included).
+    #[schema(value_type = BTreeMap<String, i64>)]
     pub jobs: BTreeMap<&'static str, i64>,
     /// Messages ready per durable job queue; `None` while the broker is unreachable.
     pub queues: Option<BTreeMap<String, u32>>,
@@ -31,31 +32,32 @@ pub struct Overview {
     pub changes: Changes,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Outbox {
     #[serde(flatten)]
     pub lag: overview::OutboxLag,
     pub lag_secs: f64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Bulks {
     pub in_flight: i64,
     pub operations: Vec<BulkInFlight>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct History {
     /// `None`: kept forever.
     pub retention_days: Option<u32>,
     pub oldest_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Changes {
     pub bucket_secs: i64,
     pub window_secs: i64,
     /// `[bucket start, history rows]`, oldest first.
+    #[schema(value_type = Vec<Vec<serde_json::Value>>)]
     pub series: Vec<(DateTime<Utc>, i64)>,
 }
 

@@ -26,7 +26,7 @@ pub async fn jobs_by_status(conn: &mut PgConnection) -> sqlx::Result<Vec<StatusC
 }
 
 /// How far the relay is behind the writers.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct OutboxLag {
     /// Committed events the relay has not given a seq yet.
     pub unsequenced: i64,
@@ -53,7 +53,7 @@ pub async fn outbox_lag(conn: &mut PgConnection) -> sqlx::Result<OutboxLag> {
 }
 
 /// A bulk operation still queued or running, with its counters.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BulkInFlight {
     pub id: Uuid,
     pub status: BulkStatus,
