@@ -152,32 +152,90 @@ fn count_of(page_text: &str) -> i64 {
         .unwrap_or(-1)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn operator_console_end_to_end_in_chromium() {
-    let sys = TestSystem::start_with_env(&[
-        ("RATE_PER_ACTOR", "0"),
-        ("RATE_PER_IP", "0"),
-        // Small chunks and a bulk rate limit make a bulk of thousands take seconds, so
-        // that progress moves visibly and a cancel lands midway.
-        ("BULK_CHUNK_SIZE", "200"),
-        ("WORKER_RATE_BULK", "1000"),
-    ])
-    .await;
-    let shots = screenshot_dir("console-screenshots");
-    let _ = std::fs::remove_dir_all(&shots);
-    let admin_id = Uuid::new_v4();
-    let admin_token = sys.token("admin", admin_id);
-    let support_token = sys.token("support", Uuid::new_v4());
-    let customer_id = Uuid::new_v4();
-    let customer_token = sys.token("customer", customer_id);
+/// The system, the tokens and the two operators' browsers of the scenario.
+struct Console {
+    sys: TestSystem,
+    shots: std::path::PathBuf,
+    admin_id: Uuid,
+    admin_token: String,
+    support_token: String,
+    customer_token: String,
+    driver: Driver,
+    admin: Page,
+    support: Page,
+}
 
-    let driver = Driver::start().await;
-    let admin = driver.page(DESKTOP.0, DESKTOP.1).await;
+impl Console {
+    async fn start() -> Self {
+        let sys = TestSystem::start_with_env(&[
+            ("RATE_PER_ACTOR", "0"),
+            ("RATE_PER_IP", "0"),
+            // Small chunks and a bulk rate limit make a bulk of thousands take seconds, so
+            // that progress moves visibly and a cancel lands midway.
+            ("BULK_CHUNK_SIZE", "200"),
+            ("WORKER_RATE_BULK", "1000"),
+        ])
+        .await;
+        let shots = screenshot_dir("console-screenshots");
+        let _ = std::fs::remove_dir_all(&shots);
+        let admin_id = Uuid::new_v4();
+        let admin_token = sys.token("admin", admin_id);
+        let support_token = sys.token("support", Uuid::new_v4());
+        let customer_id = Uuid::new_v4();
+        let customer_token = sys.token("customer", customer_id);
 
+        let driver = Driver::start().await;
+        let admin = driver.page(DESKTOP.0, DESKTOP.1).await;
+        let support = driver.page(DESKTOP.0, DESKTOP.1).await;
+        let _ = customer_id;
+        Console {
+            sys,
+            shots,
+            admin_id,
+            admin_token,
+            support_token,
+            customer_token,
+            driver,
+            admin,
+            support,
+        }
+    }
+
+    async fn stop(self) {
+        self.admin.close().await;
+        self.support.close().await;
+        drop(self.driver);
+        self.sys.stop().await;
+    }
+}
+
+/// A customer's token is refused; the admin signs in and the overview goes live.
+async fn customer_refused_admin_signs_in(c: &Console) {
+    let Console {
+        sys,
+        shots,
+        admin_id,
+        admin_token,
+        support_token,
+        customer_token,
+        admin,
+        support,
+        ..
+    } = c;
+    let _ = (
+        sys,
+        shots,
+        admin_id,
+        admin_token,
+        support_token,
+        customer_token,
+        admin,
+        support,
+    );
     // A customer's token is refused at the door, before any request.
     admin.goto(&sys.url("/console")).await;
     admin.wait_css("the sign-in form", "#token").await;
-    admin.full_screenshot(&shots, "01-sign-in").await;
+    admin.full_screenshot(shots, "01-sign-in").await;
     admin
         .eval_with(
             "document.querySelector('#token').value = arguments[0]",
@@ -194,7 +252,7 @@ async fn operator_console_end_to_end_in_chromium() {
         .await;
 
     // 1. Sign in as admin: the overview loads, live.
-    sign_in(&admin, &sys, &admin_token).await;
+    sign_in(admin, sys, admin_token).await;
     admin
         .wait_for(
             "the live stream to connect",
@@ -205,10 +263,34 @@ async fn operator_console_end_to_end_in_chromium() {
     admin
         .wait_css("the 15-minute chart", "#chart svg rect.bar")
         .await;
-    checked(&admin, &shots, "02-overview").await;
+    checked(admin, shots, "02-overview").await;
+}
 
+/// Orders created through the API appear in the list live.
+async fn orders_appear_live(c: &Console) -> Vec<Uuid> {
+    let Console {
+        sys,
+        shots,
+        admin_id,
+        admin_token,
+        support_token,
+        customer_token,
+        admin,
+        support,
+        ..
+    } = c;
+    let _ = (
+        sys,
+        shots,
+        admin_id,
+        admin_token,
+        support_token,
+        customer_token,
+        admin,
+        support,
+    );
     // 2. Orders created through the API appear in the list live.
-    open(&admin, &sys, "#/orders", "orders").await;
+    open(admin, sys, "#/orders", "orders").await;
     admin
         .wait_text(
             "the orders list",
@@ -218,7 +300,7 @@ async fn operator_console_end_to_end_in_chromium() {
         .await;
     let mut created = Vec::new();
     for _ in 0..3 {
-        created.push(sys.create_simple_order(&customer_token).await);
+        created.push(sys.create_simple_order(customer_token).await);
     }
     for id in &created {
         admin
@@ -228,10 +310,35 @@ async fn operator_console_end_to_end_in_chromium() {
             )
             .await;
     }
-    checked(&admin, &shots, "03-orders").await;
+    checked(admin, shots, "03-orders").await;
 
+    created
+}
+
+/// The admin opens an order and clicks mark_paid, then confirm; support watches it.
+async fn admin_moves_an_order(c: &Console, order: Uuid) {
+    let Console {
+        sys,
+        shots,
+        admin_id,
+        admin_token,
+        support_token,
+        customer_token,
+        admin,
+        support,
+        ..
+    } = c;
+    let _ = (
+        sys,
+        shots,
+        admin_id,
+        admin_token,
+        support_token,
+        customer_token,
+        admin,
+        support,
+    );
     // 3. Open one; mark_paid then confirm; the timeline and valid actions follow.
-    let order = created[0];
     admin
         .click(&format!("#orders-list tr[data-order-id='{order}'] a"))
         .await;
@@ -250,9 +357,8 @@ async fn operator_console_end_to_end_in_chromium() {
         .await;
 
     // Support, in its own browser, watches the same order.
-    let support = driver.page(DESKTOP.0, DESKTOP.1).await;
-    sign_in(&support, &sys, &support_token).await;
-    open(&support, &sys, &format!("#/orders/{order}"), "order").await;
+    sign_in(support, sys, support_token).await;
+    open(support, sys, &format!("#/orders/{order}"), "order").await;
     support
         .wait_text("support's order page", "#order-status", "t === 'pending'")
         .await;
@@ -296,8 +402,32 @@ async fn operator_console_end_to_end_in_chromium() {
         json!(format!("#/orders/{order}")),
         "the order page updated in place"
     );
-    checked(&admin, &shots, "04-order-admin").await;
+    checked(admin, shots, "04-order-admin").await;
+}
 
+/// Support saw both changes live and has no action buttons.
+async fn support_saw_it_live(c: &Console, order: Uuid) {
+    let Console {
+        sys,
+        shots,
+        admin_id,
+        admin_token,
+        support_token,
+        customer_token,
+        admin,
+        support,
+        ..
+    } = c;
+    let _ = (
+        sys,
+        shots,
+        admin_id,
+        admin_token,
+        support_token,
+        customer_token,
+        admin,
+        support,
+    );
     // Support saw both changes live and has no buttons.
     support
         .wait_text(
@@ -320,8 +450,8 @@ async fn operator_console_end_to_end_in_chromium() {
         0,
         "support gets no action buttons"
     );
-    checked(&support, &shots, "05-order-support").await;
-    let history = sys.history(&admin_token, order).await;
+    checked(support, shots, "05-order-support").await;
+    let history = sys.history(admin_token, order).await;
     assert_eq!(
         history
             .iter()
@@ -330,11 +460,34 @@ async fn operator_console_end_to_end_in_chromium() {
         ["create", "mark_paid", "confirm"],
         "exactly the clicked actions were applied"
     );
+}
 
+/// A dead job (a poison message) is listed and redriven from the dead-letter view.
+async fn dead_job_redriven(c: &Console, poisoned: Uuid) {
+    let Console {
+        sys,
+        shots,
+        admin_id,
+        admin_token,
+        support_token,
+        customer_token,
+        admin,
+        support,
+        ..
+    } = c;
+    let _ = (
+        sys,
+        shots,
+        admin_id,
+        admin_token,
+        support_token,
+        customer_token,
+        admin,
+        support,
+    );
     // 4. A dead job (a poison message) is listed and redriven from the dead-letter view.
-    let poisoned = created[1];
-    let job = dead_job(&sys, &admin_token, admin_id, poisoned).await;
-    open(&admin, &sys, "#/jobs?status=dead", "jobs").await;
+    let job = dead_job(sys, admin_token, *admin_id, poisoned).await;
+    open(admin, sys, "#/jobs?status=dead", "jobs").await;
     admin
         .wait_css(
             "the dead job listed",
@@ -348,9 +501,9 @@ async fn operator_console_end_to_end_in_chromium() {
         listed.contains("invalid_job"),
         "the dead job shows its error code: {listed}"
     );
-    checked(&admin, &shots, "06-dead-letters").await;
+    checked(admin, shots, "06-dead-letters").await;
     // Support sees the same dead job, and neither retry nor discard; previews, no apply.
-    open(&support, &sys, "#/jobs?status=dead", "jobs").await;
+    open(support, sys, "#/jobs?status=dead", "jobs").await;
     support
         .wait_css(
             "support sees the dead job",
@@ -364,7 +517,7 @@ async fn operator_console_end_to_end_in_chromium() {
         0,
         "support gets no retry or discard buttons"
     );
-    open(&support, &sys, "#/bulk", "bulk").await;
+    open(support, sys, "#/bulk", "bulk").await;
     support
         .wait_css("support's bulk form", "#bulk-preview")
         .await;
@@ -398,20 +551,44 @@ async fn operator_console_end_to_end_in_chromium() {
             &format!("return !document.querySelector(\"#jobs-list tr[data-job-id='{job}']\")"),
         )
         .await;
-    let redriven = sys.wait_job(&admin_token, job).await;
+    let redriven = sys.wait_job(admin_token, job).await;
     assert_eq!(
         redriven["status"], "succeeded",
         "the retried job applied: {redriven}"
     );
     assert_eq!(
-        sys.order(&admin_token, poisoned).await["payment_status"],
+        sys.order(admin_token, poisoned).await["payment_status"],
         "paid"
     );
+}
 
+/// A bulk over 2,000 orders from the filter form: progress to 100 %, then the CSV.
+async fn bulk_from_the_filter_form(c: &Console) -> Uuid {
+    let Console {
+        sys,
+        shots,
+        admin_id,
+        admin_token,
+        support_token,
+        customer_token,
+        admin,
+        support,
+        ..
+    } = c;
+    let _ = (
+        sys,
+        shots,
+        admin_id,
+        admin_token,
+        support_token,
+        customer_token,
+        admin,
+        support,
+    );
     // 5. A bulk over 2,000 orders from the filter form: progress to 100 %, then CSV.
     let bulk_customer = Uuid::new_v4();
-    create_orders(&sys, &admin_token, bulk_customer, 2_000).await;
-    let bulk = run_bulk_from_form(&admin, &sys, bulk_customer, 2_000).await;
+    create_orders(sys, admin_token, bulk_customer, 2_000).await;
+    let bulk = run_bulk_from_form(admin, sys, bulk_customer, 2_000).await;
     admin
         .wait_for("the progress bar to reach 100 %", Duration::from_secs(60), "return document.querySelector('#bulk-pct')?.textContent === '100 %' && document.querySelector('#bulk-progress').value === 100")
         .await;
@@ -428,7 +605,7 @@ async fn operator_console_end_to_end_in_chromium() {
         .wait_text("the CSV download", "#bulk-csv-rows", "t.length > 0")
         .await;
     assert_eq!(rows, "2000", "the CSV has one row per order");
-    checked(&admin, &shots, "07-bulk-completed").await;
+    checked(admin, shots, "07-bulk-completed").await;
     let file = admin.downloads.join(format!("bulk-{bulk}.csv"));
     poll_until(UI_DEADLINE, || file.exists().then_some(())).await;
     let csv = std::fs::read_to_string(&file)
@@ -439,11 +616,36 @@ async fn operator_console_end_to_end_in_chromium() {
         "{}",
         &csv[..80.min(csv.len())]
     );
+    bulk
+}
 
+/// A larger bulk, cancelled midway: the page's counts agree with the API.
+async fn bulk_cancelled_midway(c: &Console) {
+    let Console {
+        sys,
+        shots,
+        admin_id,
+        admin_token,
+        support_token,
+        customer_token,
+        admin,
+        support,
+        ..
+    } = c;
+    let _ = (
+        sys,
+        shots,
+        admin_id,
+        admin_token,
+        support_token,
+        customer_token,
+        admin,
+        support,
+    );
     // 6. A larger bulk, cancelled midway: the page's counts agree with the API.
     let big_customer = Uuid::new_v4();
-    create_orders(&sys, &admin_token, big_customer, 5_000).await;
-    let big = run_bulk_from_form(&admin, &sys, big_customer, 5_000).await;
+    create_orders(sys, admin_token, big_customer, 5_000).await;
+    let big = run_bulk_from_form(admin, sys, big_customer, 5_000).await;
     admin
         .wait_for("the large bulk to make progress", Duration::from_secs(30), "const n = Number((document.querySelector('#bulk-applied')?.textContent ?? '0').replace(/\\D/g, '')); return n > 0")
         .await;
@@ -456,7 +658,7 @@ async fn operator_console_end_to_end_in_chromium() {
         )
         .await;
     let api = sys
-        .get(&format!("/orders/bulk/{big}"), Some(&admin_token))
+        .get(&format!("/orders/bulk/{big}"), Some(admin_token))
         .await
         .expect_status(200, "GET /orders/bulk/{id}")
         .body;
@@ -482,10 +684,34 @@ async fn operator_console_end_to_end_in_chromium() {
         applied > 0 && applied < 5_000 && api["skipped"].as_i64().unwrap_or(0) > 0,
         "the cancel landed midway: {api}"
     );
-    checked(&admin, &shots, "08-bulk-cancelled").await;
+    checked(admin, shots, "08-bulk-cancelled").await;
+}
 
+/// The state machine page, then the overview after all that activity.
+async fn state_machine_and_overview(c: &Console) {
+    let Console {
+        sys,
+        shots,
+        admin_id,
+        admin_token,
+        support_token,
+        customer_token,
+        admin,
+        support,
+        ..
+    } = c;
+    let _ = (
+        sys,
+        shots,
+        admin_id,
+        admin_token,
+        support_token,
+        customer_token,
+        admin,
+        support,
+    );
     // 7. The state machine page: the table and the diagram, from the same JSON.
-    open(&admin, &sys, "#/machine", "machine").await;
+    open(admin, sys, "#/machine", "machine").await;
     admin
         .wait_css("the diagram", "#machine-diagram svg .node")
         .await;
@@ -494,18 +720,42 @@ async fn operator_console_end_to_end_in_chromium() {
         7,
         "one node per status"
     );
-    checked(&admin, &shots, "09-state-machine").await;
+    checked(admin, shots, "09-state-machine").await;
 
     // The overview after all that: the chart and the counters show the activity.
-    open(&admin, &sys, "#/", "overview").await;
+    open(admin, sys, "#/", "overview").await;
     admin
         .wait_for("the chart to show the bulks", UI_DEADLINE, "return [...document.querySelectorAll('#chart rect.bar')].some(r => Number(r.getAttribute('height')) > 0)")
         .await;
     admin
         .wait_text("jobs counted", "#jobs-by-state", "t.includes('succeeded')")
         .await;
-    checked(&admin, &shots, "10-overview-busy").await;
+    checked(admin, shots, "10-overview-busy").await;
+}
 
+/// Every page on a phone: no sideways scrolling, no errors.
+async fn every_page_on_a_phone(c: &Console, order: Uuid, bulk: Uuid) {
+    let Console {
+        sys,
+        shots,
+        admin_id,
+        admin_token,
+        support_token,
+        customer_token,
+        admin,
+        support,
+        ..
+    } = c;
+    let _ = (
+        sys,
+        shots,
+        admin_id,
+        admin_token,
+        support_token,
+        customer_token,
+        admin,
+        support,
+    );
     // 8. Every page on a phone: no sideways scrolling, no errors.
     admin.resize(PHONE.0, PHONE.1).await;
     for (route, name, ready) in [
@@ -525,7 +775,7 @@ async fn operator_console_end_to_end_in_chromium() {
         (&*format!("#/bulk/{bulk}"), "bulk", "#bulk-counts dd"),
         ("#/machine", "machine", "#machine-diagram svg"),
     ] {
-        open(&admin, &sys, route, name).await;
+        open(admin, sys, route, name).await;
         admin
             .wait_for(
                 &format!("{route} on a phone"),
@@ -547,11 +797,21 @@ async fn operator_console_end_to_end_in_chromium() {
         } else {
             shot
         };
-        checked(&admin, &shots, &shot).await;
+        checked(admin, shots, &shot).await;
     }
+}
 
-    admin.close().await;
-    support.close().await;
-    drop(driver);
-    sys.stop().await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_console_end_to_end_in_chromium() {
+    let c = Console::start().await;
+    customer_refused_admin_signs_in(&c).await;
+    let created = orders_appear_live(&c).await;
+    admin_moves_an_order(&c, created[0]).await;
+    support_saw_it_live(&c, created[0]).await;
+    dead_job_redriven(&c, created[1]).await;
+    let bulk = bulk_from_the_filter_form(&c).await;
+    bulk_cancelled_midway(&c).await;
+    state_machine_and_overview(&c).await;
+    every_page_on_a_phone(&c, created[0], bulk).await;
+    c.stop().await;
 }

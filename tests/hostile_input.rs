@@ -334,6 +334,13 @@ fn escapes(order: Uuid) -> Vec<(Method, String, Option<Value>, u16, &'static str
             "invalid_request",
         ),
         (
+            Method::GET,
+            "/admin/jobs?error_code=a%00b".into(),
+            None,
+            400,
+            "invalid_request",
+        ),
+        (
             Method::DELETE,
             format!("/orders/{order}"),
             None,
