@@ -214,24 +214,11 @@ async fn customer_refused_admin_signs_in(c: &Console) {
     let Console {
         sys,
         shots,
-        admin_id,
         admin_token,
-        support_token,
         customer_token,
         admin,
-        support,
         ..
     } = c;
-    let _ = (
-        sys,
-        shots,
-        admin_id,
-        admin_token,
-        support_token,
-        customer_token,
-        admin,
-        support,
-    );
     // A customer's token is refused at the door, before any request.
     admin.goto(&sys.url("/console")).await;
     admin.wait_css("the sign-in form", "#token").await;
@@ -271,24 +258,10 @@ async fn orders_appear_live(c: &Console) -> Vec<Uuid> {
     let Console {
         sys,
         shots,
-        admin_id,
-        admin_token,
-        support_token,
         customer_token,
         admin,
-        support,
         ..
     } = c;
-    let _ = (
-        sys,
-        shots,
-        admin_id,
-        admin_token,
-        support_token,
-        customer_token,
-        admin,
-        support,
-    );
     // 2. Orders created through the API appear in the list live.
     open(admin, sys, "#/orders", "orders").await;
     admin
@@ -320,24 +293,11 @@ async fn admin_moves_an_order(c: &Console, order: Uuid) {
     let Console {
         sys,
         shots,
-        admin_id,
-        admin_token,
         support_token,
-        customer_token,
         admin,
         support,
         ..
     } = c;
-    let _ = (
-        sys,
-        shots,
-        admin_id,
-        admin_token,
-        support_token,
-        customer_token,
-        admin,
-        support,
-    );
     // 3. Open one; mark_paid then confirm; the timeline and valid actions follow.
     admin
         .click(&format!("#orders-list tr[data-order-id='{order}'] a"))
@@ -410,24 +370,10 @@ async fn support_saw_it_live(c: &Console, order: Uuid) {
     let Console {
         sys,
         shots,
-        admin_id,
         admin_token,
-        support_token,
-        customer_token,
-        admin,
         support,
         ..
     } = c;
-    let _ = (
-        sys,
-        shots,
-        admin_id,
-        admin_token,
-        support_token,
-        customer_token,
-        admin,
-        support,
-    );
     // Support saw both changes live and has no buttons.
     support
         .wait_text(
@@ -469,22 +415,10 @@ async fn dead_job_redriven(c: &Console, poisoned: Uuid) {
         shots,
         admin_id,
         admin_token,
-        support_token,
-        customer_token,
         admin,
         support,
         ..
     } = c;
-    let _ = (
-        sys,
-        shots,
-        admin_id,
-        admin_token,
-        support_token,
-        customer_token,
-        admin,
-        support,
-    );
     // 4. A dead job (a poison message) is listed and redriven from the dead-letter view.
     let job = dead_job(sys, admin_token, *admin_id, poisoned).await;
     open(admin, sys, "#/jobs?status=dead", "jobs").await;
@@ -567,24 +501,10 @@ async fn bulk_from_the_filter_form(c: &Console) -> Uuid {
     let Console {
         sys,
         shots,
-        admin_id,
         admin_token,
-        support_token,
-        customer_token,
         admin,
-        support,
         ..
     } = c;
-    let _ = (
-        sys,
-        shots,
-        admin_id,
-        admin_token,
-        support_token,
-        customer_token,
-        admin,
-        support,
-    );
     // 5. A bulk over 2,000 orders from the filter form: progress to 100 %, then CSV.
     let bulk_customer = Uuid::new_v4();
     create_orders(sys, admin_token, bulk_customer, 2_000).await;
@@ -624,24 +544,10 @@ async fn bulk_cancelled_midway(c: &Console) {
     let Console {
         sys,
         shots,
-        admin_id,
         admin_token,
-        support_token,
-        customer_token,
         admin,
-        support,
         ..
     } = c;
-    let _ = (
-        sys,
-        shots,
-        admin_id,
-        admin_token,
-        support_token,
-        customer_token,
-        admin,
-        support,
-    );
     // 6. A larger bulk, cancelled midway: the page's counts agree with the API.
     let big_customer = Uuid::new_v4();
     create_orders(sys, admin_token, big_customer, 5_000).await;
@@ -690,26 +596,8 @@ async fn bulk_cancelled_midway(c: &Console) {
 /// The state machine page, then the overview after all that activity.
 async fn state_machine_and_overview(c: &Console) {
     let Console {
-        sys,
-        shots,
-        admin_id,
-        admin_token,
-        support_token,
-        customer_token,
-        admin,
-        support,
-        ..
+        sys, shots, admin, ..
     } = c;
-    let _ = (
-        sys,
-        shots,
-        admin_id,
-        admin_token,
-        support_token,
-        customer_token,
-        admin,
-        support,
-    );
     // 7. The state machine page: the table and the diagram, from the same JSON.
     open(admin, sys, "#/machine", "machine").await;
     admin
@@ -736,26 +624,8 @@ async fn state_machine_and_overview(c: &Console) {
 /// Every page on a phone: no sideways scrolling, no errors.
 async fn every_page_on_a_phone(c: &Console, order: Uuid, bulk: Uuid) {
     let Console {
-        sys,
-        shots,
-        admin_id,
-        admin_token,
-        support_token,
-        customer_token,
-        admin,
-        support,
-        ..
+        sys, shots, admin, ..
     } = c;
-    let _ = (
-        sys,
-        shots,
-        admin_id,
-        admin_token,
-        support_token,
-        customer_token,
-        admin,
-        support,
-    );
     // 8. Every page on a phone: no sideways scrolling, no errors.
     admin.resize(PHONE.0, PHONE.1).await;
     for (route, name, ready) in [
