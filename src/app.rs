@@ -111,7 +111,7 @@ fn ingress_parts(
     cfg: &IngressConfig,
     pool: &PgPool,
     shutdown: &CancellationToken,
-) -> (Router, Arc<JobPublisher>) {
+) -> (Router, health::IngressHealth) {
     let publisher = Arc::new(JobPublisher::new(
         &common.amqp_url,
         Names::from_config(common),
@@ -119,6 +119,12 @@ fn ingress_parts(
     ));
     let limits = ingress::limits::Limits::new(cfg.rate_per_actor, cfg.rate_per_ip);
     tokio::spawn(limits.clone().forget_idle_keys(shutdown.clone()));
+    let admission = ingress::admission::Admission::new(cfg.admission());
+    tokio::spawn(
+        admission
+            .clone()
+            .watch_backlog(publisher.clone(), shutdown.clone()),
+    );
     let state = IngressState {
         pool: pool.clone(),
         keys,
@@ -128,8 +134,14 @@ fn ingress_parts(
             ..cfg.clone()
         },
         limits,
+        admission: admission.clone(),
+        intake: crate::orders::intake::Intake::start(pool.clone()),
     };
-    (ingress::router(state), publisher)
+    let health = health::IngressHealth {
+        publisher,
+        admission,
+    };
+    (ingress::router(state), health)
 }
 
 /// Wait for every task; the first failure cancels the others and is returned.
@@ -163,14 +175,14 @@ pub async fn run_ingress(
     );
     let pool = db::connect(&common).await?;
     sample_metrics(&pool, Some(&common), &shutdown);
-    let (router, publisher) = ingress_parts(&common, keys(&http), &cfg, &pool, &shutdown);
-    if let Err(e) = publisher.check_ready().await {
+    let (router, ingress) = ingress_parts(&common, keys(&http), &cfg, &pool, &shutdown);
+    if let Err(e) = ingress.publisher.check_ready().await {
         tracing::warn!(error = %e, "broker not reachable yet; change-status answers 503 until it is");
     }
     serve_http(
         &http,
         router
-            .merge(health::router(pool, Some(publisher)))
+            .merge(health::router(pool, Some(ingress)))
             .merge(openapi::router()),
         shutdown,
     )
@@ -299,11 +311,11 @@ pub async fn run_all(cfg: AllConfig, shutdown: CancellationToken) -> anyhow::Res
     sample_metrics(&pool, Some(&cfg.common), &shutdown);
     let names = Names::from_config(&cfg.common);
     let keys = keys(&cfg.http);
-    let (ingress_router, publisher) =
+    let (ingress_router, ingress) =
         ingress_parts(&cfg.common, keys.clone(), &cfg.ingress, &pool, &shutdown);
     // Declares the topology before anything is accepted; without a broker the roles wait
     // for it (and change-status answers 503) rather than the process giving up.
-    if let Err(e) = publisher.check_ready().await {
+    if let Err(e) = ingress.publisher.check_ready().await {
         tracing::warn!(error = %e, "broker not reachable yet; roles will keep trying");
     }
     let bridge = BridgeState::new(keys, pool.clone(), cfg.bridge, shutdown.clone());
@@ -334,7 +346,7 @@ pub async fn run_all(cfg: AllConfig, shutdown: CancellationToken) -> anyhow::Res
     ));
     let router = ingress_router
         .merge(sse::router(bridge))
-        .merge(health::router(pool, Some(publisher)))
+        .merge(health::router(pool, Some(ingress)))
         .merge(openapi::router());
     let token = shutdown.clone();
     let http = cfg.http;

@@ -139,6 +139,20 @@ pub struct IngressConfig {
     #[arg(long, env = "RATE_PER_IP", default_value_t = 20)]
     pub rate_per_ip: u32,
 
+    /// Admission control: API requests worked on at once; more wait for a slot up to
+    /// INGRESS_QUEUE_MS, then get 503 `overloaded` (0: no limit).
+    #[arg(long, env = "INGRESS_MAX_IN_FLIGHT", default_value_t = 64)]
+    pub ingress_max_in_flight: usize,
+
+    /// Admission control: longest wait for a slot, in milliseconds.
+    #[arg(long, env = "INGRESS_QUEUE_MS", default_value_t = 20)]
+    pub ingress_queue_ms: u64,
+
+    /// Admission control: job messages waiting in the queue above which new jobs get 503
+    /// `overloaded` (0: no limit).
+    #[arg(long, env = "INGRESS_MAX_BACKLOG", default_value_t = 1_000)]
+    pub ingress_max_backlog: u32,
+
     /// [`CommonConfig::history_retention_days`], for the overview to report.
     #[arg(skip)]
     pub history_retention_days: u32,
@@ -147,6 +161,14 @@ pub struct IngressConfig {
 impl IngressConfig {
     pub fn publish_timeout(&self) -> Duration {
         Duration::from_millis(self.publish_timeout_ms)
+    }
+
+    pub fn admission(&self) -> crate::ingress::admission::Settings {
+        crate::ingress::admission::Settings {
+            max_in_flight: self.ingress_max_in_flight,
+            queue_wait: Duration::from_millis(self.ingress_queue_ms),
+            max_backlog: self.ingress_max_backlog,
+        }
     }
 }
 

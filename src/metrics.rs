@@ -27,6 +27,9 @@ pub const BUILD_INFO: &str = "orderflow_build_info";
 pub const HTTP_REQUESTS: &str = "orderflow_http_requests_total";
 pub const HTTP_DURATION: &str = "orderflow_http_request_duration_seconds";
 pub const RATE_LIMITED: &str = "orderflow_rate_limited_total";
+pub const OVERLOAD_REFUSED: &str = "orderflow_overload_refused_total";
+pub const INGRESS_IN_FLIGHT: &str = "orderflow_ingress_requests_in_flight";
+pub const INTAKE_BATCH: &str = "orderflow_ingress_job_insert_batch_size";
 pub const JOBS_ACCEPTED: &str = "orderflow_jobs_accepted_total";
 pub const JOBS_APPLIED: &str = "orderflow_jobs_applied_total";
 pub const JOBS_REJECTED: &str = "orderflow_jobs_rejected_total";
@@ -66,6 +69,20 @@ fn describe() {
     describe_counter!(
         RATE_LIMITED,
         "Requests answered 429, by `limiter` (`actor`, `ip`)"
+    );
+    describe_counter!(
+        OVERLOAD_REFUSED,
+        "Requests answered 503 `overloaded` by admission control, by `gate` (`in_flight`, `backlog`)"
+    );
+    describe_gauge!(
+        INGRESS_IN_FLIGHT,
+        Unit::Count,
+        "API requests holding an admission slot"
+    );
+    describe_histogram!(
+        INTAKE_BATCH,
+        Unit::Count,
+        "Change-status jobs recorded by one group insert (one transaction)"
     );
     describe_counter!(
         JOBS_ACCEPTED,
@@ -155,6 +172,7 @@ pub fn handle() -> &'static PrometheusHandle {
         let handle = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)
             .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), &sizes))
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(INTAKE_BATCH.into()), &sizes))
             .expect("bucket lists are not empty")
             .install_recorder()
             .expect("the metrics recorder is installed once per process");

@@ -6,6 +6,7 @@
 
 mod harness;
 
+mod admission;
 mod authentication;
 mod browser_sse;
 mod bulk;

@@ -64,6 +64,9 @@ struct Session {
     /// Kept open for the channel; the overview opens short-lived channels on it too.
     conn: Connection,
     channel: Channel,
+    /// For passive declares of the job queue (its depth, several times a second), apart
+    /// from publishing: a failed declare closes its channel.
+    probe: tokio::sync::Mutex<Option<Channel>>,
 }
 
 /// The ingress's publisher of job messages: one confirm-mode channel that also consumes
@@ -78,6 +81,7 @@ pub struct JobPublisher {
 }
 
 /// A registered wait for a job's reply; unregisters itself when dropped.
+#[derive(Debug)]
 pub struct ReplyWaiter {
     job_id: Uuid,
     rx: Option<oneshot::Receiver<()>>,
@@ -166,7 +170,11 @@ impl JobPublisher {
                 }
             }
         });
-        Ok(Session { conn, channel })
+        Ok(Session {
+            conn,
+            channel,
+            probe: tokio::sync::Mutex::default(),
+        })
     }
 
     /// Register interest in a job's reply. Do this before publishing, so no reply is missed.
@@ -291,6 +299,30 @@ impl JobPublisher {
     /// Can a job be published right now? (For `/readyz`.)
     pub async fn check_ready(&self) -> Result<(), PublishError> {
         self.session().await.map(|_| ())
+    }
+
+    /// Messages ready in the job queue (admission control's backlog gate).
+    pub async fn ready_jobs(&self) -> Result<u32, PublishError> {
+        let session = self.session().await?;
+        let mut probe = session.probe.lock().await;
+        let channel = match probe.as_ref() {
+            Some(c) if c.status().connected() => c.clone(),
+            _ => probe.insert(session.conn.create_channel().await?).clone(),
+        };
+        let declared = tokio::time::timeout(
+            self.timeout,
+            channel.queue_declare(
+                self.names.jobs.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            ),
+        )
+        .await
+        .map_err(|_| PublishError::Timeout(self.timeout))??;
+        Ok(declared.message_count())
     }
 
     /// Messages ready in each durable job queue, by name (for the operations overview).

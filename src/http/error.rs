@@ -39,6 +39,10 @@ pub enum ApiError {
     /// Database or broker down: nothing was accepted.
     #[error("{0}")]
     Unavailable(String),
+    /// Admission control refused the request: nothing was accepted; retry after
+    /// `Retry-After`.
+    #[error("{0}")]
+    Overloaded(String),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -59,6 +63,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -80,6 +85,11 @@ impl IntoResponse for ApiError {
                 tracing::warn!(%why, "answering 503");
                 "a dependency is unavailable; nothing was accepted, retry later".to_owned()
             }
+            ApiError::Overloaded(why) => {
+                format!(
+                    "the server is at capacity ({why}); nothing was accepted, retry after Retry-After"
+                )
+            }
             other => other.to_string(),
         };
         let mut body = json!({ "error": { "code": code, "message": message } });
@@ -88,7 +98,7 @@ impl IntoResponse for ApiError {
         }
         let mut response = (status, Json(body)).into_response();
         match self {
-            ApiError::Unavailable(_) => {
+            ApiError::Unavailable(_) | ApiError::Overloaded(_) => {
                 response
                     .headers_mut()
                     .insert("retry-after", HeaderValue::from_static("1"));

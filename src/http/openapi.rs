@@ -70,7 +70,8 @@ pub struct Unprocessable(ErrorBody);
 #[response(headers(("Retry-After" = u64, description = "Seconds to wait before retrying")))]
 pub struct TooManyRequests(ErrorBody);
 
-/// The database or the broker is unavailable; nothing was accepted (`unavailable`).
+/// The database or the broker is unavailable (`unavailable`), or the server is at capacity
+/// (`overloaded`); nothing was accepted.
 #[derive(ToResponse)]
 #[response(headers(("Retry-After" = u64, description = "Seconds to wait before retrying")))]
 pub struct Unavailable(ErrorBody);

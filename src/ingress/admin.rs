@@ -2,6 +2,7 @@
 //! redrive or discard dead ones (admin). The use cases are [`crate::orders::dead`].
 
 use super::IngressState;
+use super::admission::QueueRoom;
 use crate::domain::{Actor, JobKind, JobStatus, RejectCode, Role};
 use crate::http::ApiError;
 use crate::http::extract::{Json, Path, Query};
@@ -166,6 +167,7 @@ async fn retry(
     State(state): State<IngressState>,
     actor: Actor,
     Path(id): Path<Uuid>,
+    _room: QueueRoom,
 ) -> Result<Response, ApiError> {
     admin_only(&actor)?;
     let job = dead::redrive(&state.pool, &state.publisher, &actor, id).await?;
@@ -214,6 +216,7 @@ pub(crate) struct DeadFilter {
 pub(crate) async fn retry_matching(
     State(state): State<IngressState>,
     actor: Actor,
+    _room: QueueRoom,
     Json(filter): Json<DeadFilter>,
 ) -> Result<Response, ApiError> {
     admin_only(&actor)?;

@@ -1,5 +1,7 @@
-//! `/healthz` (the process is alive) and `/readyz` (its dependencies answer).
+//! `/healthz` (the process is alive) and `/readyz` (its dependencies answer, and it is
+//! not refusing work for want of capacity).
 
+use super::admission::Admission;
 use crate::broker::publisher::JobPublisher;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -13,21 +15,28 @@ use std::sync::Arc;
 use std::time::Duration;
 use utoipa::ToSchema;
 
+/// What an ingress adds to readiness: its broker session and its admission control.
+#[derive(Clone)]
+pub struct IngressHealth {
+    pub publisher: Arc<JobPublisher>,
+    pub admission: Admission,
+}
+
 #[derive(Clone)]
 struct Deps {
     pool: PgPool,
-    publisher: Option<Arc<JobPublisher>>,
+    ingress: Option<IngressHealth>,
 }
 
-/// Health routes; `publisher` is checked when this process publishes jobs.
-pub fn router(pool: PgPool, publisher: Option<Arc<JobPublisher>>) -> Router {
+/// Health routes; `ingress` is checked when this process accepts jobs.
+pub fn router(pool: PgPool, ingress: Option<IngressHealth>) -> Router {
     Router::new()
         .route(
             "/healthz",
             get(|| async { Json(json!({ "status": "ok" })) }),
         )
         .route("/readyz", get(ready))
-        .with_state(Deps { pool, publisher })
+        .with_state(Deps { pool, ingress })
 }
 
 /// Readiness, with the reason when a dependency does not answer.
@@ -38,6 +47,9 @@ pub struct Readiness {
     database: String,
     /// `ok`, `not used` (a role that publishes no jobs), or `unavailable: <why>`.
     broker: String,
+    /// `ok`, `not used` (a role that accepts no requests), or `overloaded: <why>` while
+    /// admission control refuses work (not ready: a balancer sends new work elsewhere).
+    load: String,
 }
 
 #[utoipa::path(
@@ -48,7 +60,7 @@ pub struct Readiness {
     summary = "The database and the broker answer",
     responses(
         (status = 200, description = "Ready", body = Readiness),
-        (status = 503, description = "Not ready, with the reason", body = Readiness),
+        (status = 503, description = "Not ready (a dependency is unavailable, or overloaded), with the reason", body = Readiness),
     )
 )]
 async fn ready(State(deps): State<Deps>) -> impl IntoResponse {
@@ -62,14 +74,21 @@ async fn ready(State(deps): State<Deps>) -> impl IntoResponse {
         Ok(Err(e)) => format!("unavailable: {e}"),
         Err(_) => "unavailable: no answer within 2s".to_owned(),
     };
-    let broker = match &deps.publisher {
-        None => "not used".to_owned(),
-        Some(p) => match p.check_ready().await {
-            Ok(()) => "ok".to_owned(),
-            Err(e) => format!("unavailable: {e}"),
-        },
+    let (broker, load) = match &deps.ingress {
+        None => ("not used".to_owned(), "not used".to_owned()),
+        Some(ingress) => (
+            match ingress.publisher.check_ready().await {
+                Ok(()) => "ok".to_owned(),
+                Err(e) => format!("unavailable: {e}"),
+            },
+            match ingress.admission.overload() {
+                None => "ok".to_owned(),
+                Some(why) => format!("overloaded: {why}"),
+            },
+        ),
     };
-    let ready = database == "ok" && !broker.starts_with("unavailable");
+    let ready =
+        database == "ok" && !broker.starts_with("unavailable") && !load.starts_with("overloaded");
     let status = if ready {
         StatusCode::OK
     } else {
@@ -81,6 +100,7 @@ async fn ready(State(deps): State<Deps>) -> impl IntoResponse {
             ready,
             database,
             broker,
+            load,
         }),
     )
 }

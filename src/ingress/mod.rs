@@ -3,6 +3,7 @@
 //! existing order to the workers, through the queue.
 
 pub mod admin;
+pub mod admission;
 pub mod bulk;
 pub mod console;
 pub mod docs;
@@ -28,6 +29,9 @@ pub struct IngressState {
     pub publisher: Arc<JobPublisher>,
     pub cfg: IngressConfig,
     pub limits: limits::Limits,
+    pub admission: admission::Admission,
+    /// Group commit of change-status job rows.
+    pub intake: crate::orders::intake::Intake,
 }
 
 impl HasKeys for IngressState {
@@ -48,6 +52,11 @@ pub fn router(state: IngressState) -> Router {
         .merge(bulk::router().layer(axum::extract::DefaultBodyLimit::max(
             state.cfg.bulk_body_limit_bytes,
         )))
+        // Admission inside the rate limits: a caller over its limit takes no slot.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            admission::middleware,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             limits::middleware,

@@ -3,6 +3,7 @@
 //! calls its use case in [`crate::orders`] and renders.
 
 use super::IngressState;
+use super::admission::{QueueRoom, Slot};
 use crate::domain::{ActionAvailability, Actor, JobStatus, OrderStatus};
 use crate::http::ApiError;
 use crate::http::extract::{Json, Path, Query};
@@ -371,6 +372,8 @@ async fn change_status(
     PreferWait(wait): PreferWait,
     IdempotencyKey(idempotency_key): IdempotencyKey,
     TraceParent(traceparent): TraceParent,
+    _room: QueueRoom,
+    slot: Slot,
     Json(body): Json<ChangeBody>,
 ) -> Result<Response, ApiError> {
     let command = ChangeCommand::parse(body)
@@ -384,21 +387,36 @@ async fn change_status(
         traceparent,
         wait: wait.map(|w| w.min(max_wait)),
     };
-    Ok(
-        match submit_change(&state.pool, &state.publisher, actor, submission).await? {
-            Submitted::Queued(job) => accepted(StatusCode::ACCEPTED, &job),
-            Submitted::Repeat(job) if job.status.is_terminal() => accepted(StatusCode::OK, &job),
-            Submitted::Repeat(job) => accepted(StatusCode::ACCEPTED, &job),
-            Submitted::Applied(job, order) => {
-                let etag = etag(order.order.version);
-                let body = ChangeApplied {
-                    job: JobView::from(job),
-                    order,
-                };
-                let mut response = axum::Json(body).into_response();
-                response.headers_mut().insert(header::ETAG, etag);
-                response
-            }
-        },
+    let submitted = submit_change(
+        &state.pool,
+        &state.intake,
+        &state.publisher,
+        actor,
+        submission,
     )
+    .await?;
+    let submitted = match submitted {
+        Submitted::Pending(pending) => {
+            // Queued: waiting for the worker takes no admission slot.
+            slot.release();
+            pending.outcome(&state.pool).await?
+        }
+        other => other,
+    };
+    Ok(match submitted {
+        Submitted::Queued(job) => accepted(StatusCode::ACCEPTED, &job),
+        Submitted::Pending(pending) => accepted(StatusCode::ACCEPTED, pending.job()),
+        Submitted::Repeat(job) if job.status.is_terminal() => accepted(StatusCode::OK, &job),
+        Submitted::Repeat(job) => accepted(StatusCode::ACCEPTED, &job),
+        Submitted::Applied(job, order) => {
+            let etag = etag(order.order.version);
+            let body = ChangeApplied {
+                job: JobView::from(job),
+                order,
+            };
+            let mut response = axum::Json(body).into_response();
+            response.headers_mut().insert(header::ETAG, etag);
+            response
+        }
+    })
 }

@@ -1,17 +1,20 @@
-//! Submitting a change of one order: the job row is recorded (or, for a repeated
-//! `Idempotency-Key`, the first one is found), then the job message is published and the
+//! Submitting a change of one order: the job row is recorded — with concurrent
+//! submissions, in one statement that also checks the order is visible ([`super::intake`])
+//! — (or, for a repeated `Idempotency-Key`, the first one is found), then the job message is published and the
 //! broker's confirm awaited — a 202 only for a durably queued job. If the broker does not
 //! confirm, the record is undone ([`publish_or_compensate`], shared with bulk and redrive).
 
 use super::command::ChangeCommand;
-use super::read::{OrderView, visible_order};
+use super::intake::{Entry, Intake, OwnedJob};
+use super::read::OrderView;
 use crate::broker::JobMessage;
-use crate::broker::publisher::{JobPublisher, PublishError};
+use crate::broker::publisher::{JobPublisher, PublishError, ReplyWaiter};
 use crate::domain::{Actor, JobKind, JobStatus, RejectCode, Rejection, machine};
 use crate::http::ApiError;
-use crate::store::jobs::{self, Job, NewJob};
+use crate::store::jobs::{self, Job, OrderJob};
 use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool};
+use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -34,13 +37,40 @@ pub enum Submitted {
     Repeat(Job),
     /// Applied within the wait: the job and the order after it.
     Applied(Job, OrderView),
+    /// Queued, and the caller asked to wait for the outcome: see [`Pending::outcome`].
+    Pending(Pending),
 }
 
-/// Record and queue a change of `order_id` by `actor`. A rejection decided within the wait
-/// is returned as the error (409/422), as the contract says.
+/// A queued job whose caller waits for its outcome (`Prefer: wait`).
+#[derive(Debug)]
+pub struct Pending {
+    job: Job,
+    waiter: ReplyWaiter,
+    limit: Duration,
+}
+
+impl Pending {
+    /// Wait for the worker's reply (at most the wait asked for), then read the outcome:
+    /// applied (with the order), rejected (the error, 409/422), or still queued.
+    pub async fn outcome(self, pool: &PgPool) -> Result<Submitted, ApiError> {
+        let Pending { job, waiter, limit } = self;
+        waiter.wait(limit).await;
+        // The reply only wakes us; the database says what happened.
+        outcome(&mut *pool.acquire().await?, job.id).await
+    }
+
+    /// The job as it was queued.
+    pub fn job(&self) -> &Job {
+        &self.job
+    }
+}
+
+/// Record and queue a change of `order_id` by `actor`. With a wait, the result is
+/// [`Submitted::Pending`]: the job is queued, and its outcome is for the caller to await.
 #[tracing::instrument(skip_all, fields(order_id = %s.order_id, actor = %actor.id, job_id))]
 pub async fn submit_change(
     pool: &PgPool,
+    intake: &Intake,
     publisher: &JobPublisher,
     actor: Actor,
     s: ChangeSubmission,
@@ -53,30 +83,28 @@ pub async fn submit_change(
             ));
         }
     }
-    let order = visible_order(&mut *pool.acquire().await?, &actor, s.order_id).await?;
     let payload = serde_json::to_value(&s.command).expect("a command serializes");
     let job_id = Uuid::now_v7();
     tracing::Span::current().record("job_id", tracing::field::display(job_id));
-    let new = NewJob {
-        id: job_id,
-        kind: JobKind::ChangeStatus,
-        order_id: Some(s.order_id),
-        bulk_id: None,
-        actor_id: actor.id,
-        actor_role: actor.role,
-        payload: &payload,
-        idempotency_key: s.idempotency_key.as_deref(),
-        traceparent: Some(&s.traceparent),
+    let entry = Entry {
+        job: OwnedJob {
+            id: job_id,
+            order_id: s.order_id,
+            actor,
+            payload,
+            idempotency_key: s.idempotency_key,
+            traceparent: s.traceparent,
+        },
+        sees_all: actor.role.sees_all_orders(),
     };
-    let job = match insert_or_replay(&mut *pool.acquire().await?, &new).await? {
-        Submitted::Repeat(first) if first.order_id != Some(s.order_id) => {
-            return Err(ApiError::Unprocessable(
-                "idempotency_key_reused",
-                "this Idempotency-Key was used for another order".into(),
-            ));
-        }
-        Submitted::Queued(job) => job,
-        repeat => return Ok(repeat),
+    let (entry, recorded) = intake.record(entry).await.map_err(db_error)?;
+    let (job, customer_id) = match recorded {
+        OrderJob::Inserted {
+            customer_id,
+            created_at,
+        } => (Job::queued(&entry.job.as_new(), created_at), customer_id),
+        OrderJob::NotVisible => return Err(ApiError::NotFound("order")),
+        OrderJob::KeyUsed => return replay(pool, &entry.job).await,
     };
 
     let waiter = s.wait.map(|_| publisher.expect_reply(job_id));
@@ -85,8 +113,8 @@ pub async fn submit_change(
         .publish(
             &msg,
             &actor,
-            Some(order.customer_id),
-            Some(&s.traceparent),
+            Some(customer_id),
+            job.traceparent.as_deref(),
             waiter.is_some(),
         )
         .await;
@@ -97,12 +125,10 @@ pub async fn submit_change(
     ::metrics::counter!(crate::metrics::JOBS_ACCEPTED, "kind" => JobKind::ChangeStatus.as_str())
         .increment(1);
 
-    let (Some(waiter), Some(limit)) = (waiter, s.wait) else {
-        return Ok(Submitted::Queued(job));
-    };
-    waiter.wait(limit).await;
-    // The reply only wakes us; the database says what happened.
-    outcome(&mut *pool.acquire().await?, job_id).await
+    Ok(match (waiter, s.wait) {
+        (Some(waiter), Some(limit)) => Submitted::Pending(Pending { job, waiter, limit }),
+        _ => Submitted::Queued(job),
+    })
 }
 
 /// The job as it is after the wait: applied (with the order), rejected (the error), or
@@ -133,21 +159,32 @@ async fn outcome(conn: &mut PgConnection, job_id: Uuid) -> Result<Submitted, Api
     }
 }
 
-/// Insert a queued job, or find the first one of the actor's idempotency key.
-async fn insert_or_replay(
-    conn: &mut PgConnection,
-    new: &NewJob<'_>,
-) -> Result<Submitted, ApiError> {
-    if let Some(job) = jobs::insert(conn, new).await? {
-        return Ok(Submitted::Queued(job));
-    }
-    let key = new
+/// The first job of the actor's idempotency key (the one this submission repeats) — an
+/// error if it was for another order.
+async fn replay(pool: &PgPool, job: &OwnedJob) -> Result<Submitted, ApiError> {
+    let key = job
         .idempotency_key
+        .as_deref()
         .expect("only keyed inserts can conflict");
-    let first = jobs::by_idempotency_key(conn, new.actor_id, key)
+    let first = jobs::by_idempotency_key(&mut *pool.acquire().await?, job.actor.id, key)
         .await?
         .ok_or(ApiError::NotFound("job"))?;
+    if first.order_id != Some(job.order_id) {
+        return Err(ApiError::Unprocessable(
+            "idempotency_key_reused",
+            "this Idempotency-Key was used for another order".into(),
+        ));
+    }
     Ok(Submitted::Repeat(first))
+}
+
+/// A failed group insert, as the contract's error (each submission of the batch gets it).
+fn db_error(e: Arc<sqlx::Error>) -> ApiError {
+    if crate::store::is_transient(&e) {
+        ApiError::Unavailable(format!("database: {e}"))
+    } else {
+        ApiError::Internal(anyhow::anyhow!("database: {e}"))
+    }
 }
 
 /// Settle a publish of recorded work. Unconfirmed, the record is undone by `compensate`

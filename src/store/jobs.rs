@@ -98,6 +98,106 @@ pub async fn insert(conn: &mut PgConnection, j: &NewJob<'_>) -> sqlx::Result<Opt
     .await
 }
 
+/// What became of one change-status job of [`insert_for_orders`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderJob {
+    /// Inserted: the order's customer (for the message's headers) and the row's time.
+    Inserted {
+        customer_id: Uuid,
+        created_at: DateTime<Utc>,
+    },
+    /// No such order, or one its actor may not see: nothing inserted.
+    NotVisible,
+    /// The actor already used this idempotency key: nothing inserted.
+    KeyUsed,
+}
+
+/// Insert change-status jobs, each only if its order exists and its actor may see it
+/// (`sees_all`, else only the actor's own orders): the visibility check and the insert of
+/// many requests in one statement. Returns one outcome per job, in order.
+pub async fn insert_for_orders(
+    conn: &mut PgConnection,
+    new: &[(NewJob<'_>, bool)],
+) -> sqlx::Result<Vec<OrderJob>> {
+    let ids: Vec<Uuid> = new.iter().map(|(j, _)| j.id).collect();
+    let orders: Vec<Option<Uuid>> = new.iter().map(|(j, _)| j.order_id).collect();
+    let actors: Vec<Uuid> = new.iter().map(|(j, _)| j.actor_id).collect();
+    let roles: Vec<Role> = new.iter().map(|(j, _)| j.actor_role).collect();
+    let payloads: Vec<&Value> = new.iter().map(|(j, _)| j.payload).collect();
+    let keys: Vec<Option<&str>> = new.iter().map(|(j, _)| j.idempotency_key).collect();
+    let traceparents: Vec<Option<&str>> = new.iter().map(|(j, _)| j.traceparent).collect();
+    let sees_all: Vec<bool> = new.iter().map(|(_, all)| *all).collect();
+    let rows = sqlx::query!(
+        r#"with v as (
+               select * from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::jsonb[],
+                                    $6::text[], $7::text[], $8::bool[])
+                 as v(id, order_id, actor_id, actor_role, payload, idempotency_key, traceparent, sees_all)
+           ), visible as (
+               select v.*, o.customer_id from v join orders o
+                 on o.id = v.order_id and (v.sees_all or o.customer_id = v.actor_id)
+           ), ins as (
+               insert into jobs (id, kind, order_id, actor_id, actor_role, payload, idempotency_key, traceparent)
+               select id, 'change_status', order_id, actor_id, actor_role, payload, idempotency_key, traceparent
+               from visible
+               on conflict (actor_id, idempotency_key) where idempotency_key is not null do nothing
+               returning id, created_at
+           )
+           select v.id as "id!", visible.customer_id as "customer_id?", ins.created_at as "created_at?"
+           from v left join visible on visible.id = v.id left join ins on ins.id = v.id"#,
+        &ids,
+        &orders as &[Option<Uuid>],
+        &actors,
+        &roles as &[Role],
+        &payloads as &[&Value],
+        &keys as &[Option<&str>],
+        &traceparents as &[Option<&str>],
+        &sees_all,
+    )
+    .fetch_all(conn)
+    .await?;
+    let by_id: std::collections::HashMap<Uuid, OrderJob> = rows
+        .into_iter()
+        .map(|r| {
+            let outcome = match (r.customer_id, r.created_at) {
+                (Some(customer_id), Some(created_at)) => OrderJob::Inserted {
+                    customer_id,
+                    created_at,
+                },
+                (Some(_), None) => OrderJob::KeyUsed,
+                (None, _) => OrderJob::NotVisible,
+            };
+            (r.id, outcome)
+        })
+        .collect();
+    Ok(ids
+        .iter()
+        .map(|id| by_id.get(id).copied().unwrap_or(OrderJob::NotVisible))
+        .collect())
+}
+
+impl Job {
+    /// The row [`insert_for_orders`] inserted for `new` at `created_at` (as the columns'
+    /// defaults make it: queued, no attempt yet).
+    pub fn queued(new: &NewJob<'_>, created_at: DateTime<Utc>) -> Job {
+        Job {
+            id: new.id,
+            kind: new.kind,
+            order_id: new.order_id,
+            bulk_id: new.bulk_id,
+            actor_id: new.actor_id,
+            actor_role: new.actor_role,
+            payload: new.payload.clone(),
+            traceparent: new.traceparent.map(str::to_owned),
+            status: JobStatus::Queued,
+            attempts: 0,
+            result: None,
+            error: None,
+            created_at,
+            updated_at: created_at,
+        }
+    }
+}
+
 pub async fn by_idempotency_key(
     conn: &mut PgConnection,
     actor_id: Uuid,
@@ -148,16 +248,19 @@ pub async fn abandon_unqueued(
     Ok(done.rows_affected() == 1)
 }
 
-/// Claim the given jobs for this transaction. A job not returned was already finished (or
-/// never existed): its delivery is a duplicate and must change nothing.
+/// Claim the given jobs for this transaction: lock those still to do. A job not returned
+/// was already finished (or never existed): its delivery is a duplicate and must change
+/// nothing. A lock, not an update: the batch's [`finish_many`] is the one write of each
+/// job row (a `running` status would never be seen outside the transaction anyway), and a
+/// second worker holding the same delivery waits here, then finds the job finished.
 pub async fn claim(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<Job>> {
     sqlx::query_as!(
         Job,
-        r#"update jobs set status = 'running', attempts = attempts + 1, updated_at = now()
-           where id = any($1) and status in ('queued', 'retrying')
-           returning id, kind as "kind: JobKind", order_id, bulk_id, actor_id, actor_role as "actor_role: Role",
+        r#"select id, kind as "kind: JobKind", order_id, bulk_id, actor_id, actor_role as "actor_role: Role",
                   payload, traceparent, status as "status: JobStatus", attempts, result, error,
-                  created_at, updated_at"#,
+                  created_at, updated_at
+           from jobs where id = any($1) and status in ('queued', 'retrying')
+           for update"#,
         ids,
     )
     .fetch_all(conn)
@@ -189,7 +292,9 @@ pub async fn claim_bulk(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Optio
     .await
 }
 
-/// Record many outcomes in one statement.
+/// Record many outcomes in one statement. A job claimed by [`claim`] (only locked, so still
+/// `queued`/`retrying`) counts this as an attempt; a bulk job counted its attempt when
+/// [`claim_bulk`] marked it `running`.
 pub async fn finish_many(conn: &mut PgConnection, done: &[Finished]) -> sqlx::Result<()> {
     if done.is_empty() {
         return Ok(());
@@ -199,7 +304,8 @@ pub async fn finish_many(conn: &mut PgConnection, done: &[Finished]) -> sqlx::Re
     let results: Vec<Option<&Value>> = done.iter().map(|d| d.result.as_ref()).collect();
     let errors: Vec<Option<&Value>> = done.iter().map(|d| d.error.as_ref()).collect();
     sqlx::query!(
-        "update jobs j set status = v.status, result = v.result, error = v.error, updated_at = now()
+        "update jobs j set status = v.status, result = v.result, error = v.error,
+                attempts = j.attempts + (j.status <> 'running')::int, updated_at = now()
          from unnest($1::uuid[], $2::text[], $3::jsonb[], $4::jsonb[]) as v(id, status, result, error)
          where j.id = v.id",
         &ids,

@@ -1,0 +1,227 @@
+//! Admission control: the ingress takes on only the work it can finish promptly and refuses
+//! the rest at once — `503 overloaded` with `Retry-After`, nothing recorded — so that past
+//! its capacity accepted requests stay fast, nobody waits for a pool timeout, and the
+//! system is back to normal moments after a burst instead of working off a long queue.
+//!
+//! Two gates:
+//! - **in flight** ([`middleware`], every API request): at most `INGRESS_MAX_IN_FLIGHT`
+//!   requests are worked on at once; one more waits for a slot at most
+//!   `INGRESS_QUEUE_MS`, then is refused. A `Prefer: wait` request gives its slot back
+//!   once its job is queued ([`Slot::release`]): waiting for a worker costs no capacity.
+//! - **backlog** ([`QueueRoom`], requests that queue jobs): refused while the job queue
+//!   holds more than `INGRESS_MAX_BACKLOG` messages ready, sampled every 100 ms. Beyond
+//!   that, accepting more would only make every job later.
+//!
+//! `/readyz` reports `overloaded` while either gate refuses (see [`Admission::overload`]).
+
+use super::IngressState;
+use crate::broker::publisher::JobPublisher;
+use crate::http::ApiError;
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+/// How often the job queue's depth is sampled for the backlog gate.
+const BACKLOG_SAMPLE: Duration = Duration::from_millis(100);
+
+/// How long after a refusal for want of a slot the ingress still reports itself overloaded.
+const OVERLOAD_MEMORY: Duration = Duration::from_secs(1);
+
+/// The two gates' settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Requests worked on at once (0: no limit).
+    pub max_in_flight: usize,
+    /// How long a request may wait for a slot before it is refused.
+    pub queue_wait: Duration,
+    /// Ready job messages above which requests that queue jobs are refused (0: no limit).
+    pub max_backlog: u32,
+}
+
+#[derive(Clone)]
+pub struct Admission(Arc<Inner>);
+
+struct Inner {
+    settings: Settings,
+    slots: Arc<Semaphore>,
+    /// Ready job messages at the last sample (`u32::MAX`: not known yet or not reachable).
+    backlog: AtomicU32,
+    /// When a request was last refused for want of a slot, in ms since `epoch` (-1: never).
+    last_refused_ms: AtomicI64,
+    epoch: Instant,
+}
+
+/// Why a request was refused: the gate's name (a metric label) and the reason in words.
+struct Refusal {
+    gate: &'static str,
+    why: String,
+}
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        ::metrics::counter!(crate::metrics::OVERLOAD_REFUSED, "gate" => r.gate).increment(1);
+        ApiError::Overloaded(r.why)
+    }
+}
+
+impl Admission {
+    pub fn new(settings: Settings) -> Self {
+        let slots = match settings.max_in_flight {
+            0 => Semaphore::MAX_PERMITS,
+            n => n,
+        };
+        Admission(Arc::new(Inner {
+            settings,
+            slots: Arc::new(Semaphore::new(slots)),
+            backlog: AtomicU32::new(u32::MAX),
+            last_refused_ms: AtomicI64::new(-1),
+            epoch: Instant::now(),
+        }))
+    }
+
+    /// A slot for one request, waiting for it at most the queue deadline.
+    async fn enter(&self) -> Result<Slot, Refusal> {
+        let inner = &self.0;
+        let permit = match inner.slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => tokio::time::timeout(
+                inner.settings.queue_wait,
+                inner.slots.clone().acquire_owned(),
+            )
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(|| {
+                let now = inner.epoch.elapsed().as_millis() as i64;
+                inner.last_refused_ms.store(now, Ordering::Relaxed);
+                Refusal {
+                    gate: "in_flight",
+                    why: format!(
+                        "{} requests in flight and no slot free within {:?}",
+                        inner.settings.max_in_flight, inner.settings.queue_wait
+                    ),
+                }
+            })?,
+        };
+        Ok(Slot(Arc::new(Mutex::new(Some(Held::new(permit))))))
+    }
+
+    /// The reason new jobs are refused right now, if they are.
+    fn backlog_full(&self) -> Option<Refusal> {
+        let max = self.0.settings.max_backlog;
+        let ready = self.0.backlog.load(Ordering::Relaxed);
+        (max > 0 && ready != u32::MAX && ready > max).then(|| Refusal {
+            gate: "backlog",
+            why: format!("{ready} jobs waiting in the queue (more than {max})"),
+        })
+    }
+
+    /// Why the ingress is refusing work right now (for `/readyz`), or None.
+    pub fn overload(&self) -> Option<String> {
+        if let Some(r) = self.backlog_full() {
+            return Some(r.why);
+        }
+        let last = self.0.last_refused_ms.load(Ordering::Relaxed);
+        let now = self.0.epoch.elapsed().as_millis() as i64;
+        (last >= 0 && now - last < OVERLOAD_MEMORY.as_millis() as i64).then(|| {
+            format!(
+                "requests refused in the last second: all {} slots busy",
+                self.0.settings.max_in_flight
+            )
+        })
+    }
+
+    /// Sample the job queue's depth until `shutdown` (only when the backlog gate is on).
+    pub async fn watch_backlog(self, publisher: Arc<JobPublisher>, shutdown: CancellationToken) {
+        if self.0.settings.max_backlog == 0 {
+            return;
+        }
+        let mut every = tokio::time::interval(BACKLOG_SAMPLE);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            // Unknown (broker unreachable) opens the gate: publishing then fails on its own.
+            let ready = publisher.ready_jobs().await.unwrap_or(u32::MAX);
+            self.0.backlog.store(ready, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A request's slot; given back when the last clone is dropped or on [`Slot::release`].
+/// Requests outside admission control get an empty one.
+#[derive(Clone, Default)]
+pub struct Slot(Arc<Mutex<Option<Held>>>);
+
+/// A taken slot, counted in the in-flight gauge while held.
+struct Held(#[allow(dead_code, reason = "held for its Drop")] OwnedSemaphorePermit);
+
+impl Held {
+    fn new(permit: OwnedSemaphorePermit) -> Self {
+        ::metrics::gauge!(crate::metrics::INGRESS_IN_FLIGHT).increment(1.0);
+        Held(permit)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        ::metrics::gauge!(crate::metrics::INGRESS_IN_FLIGHT).decrement(1.0);
+    }
+}
+
+impl Slot {
+    /// Give the slot back before the request ends (it is about to wait, not work).
+    pub fn release(&self) {
+        self.0.lock().expect("slot lock").take();
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Slot {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts.extensions.get::<Slot>().cloned().unwrap_or_default())
+    }
+}
+
+/// Extractor for handlers that queue jobs: refuses the request (503 `overloaded`) while
+/// the job queue's backlog is over `INGRESS_MAX_BACKLOG`.
+pub struct QueueRoom;
+
+impl FromRequestParts<IngressState> for QueueRoom {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        _: &mut Parts,
+        state: &IngressState,
+    ) -> Result<Self, Self::Rejection> {
+        match state.admission.backlog_full() {
+            Some(refusal) => Err(refusal.into()),
+            None => Ok(QueueRoom),
+        }
+    }
+}
+
+/// axum middleware: hold a slot while the request is worked on, or refuse it.
+pub async fn middleware(
+    State(state): State<IngressState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    match state.admission.enter().await {
+        Ok(slot) => {
+            request.extensions_mut().insert(slot);
+            next.run(request).await
+        }
+        Err(refusal) => ApiError::from(refusal).into_response(),
+    }
+}

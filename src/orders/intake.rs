@@ -1,0 +1,130 @@
+//! Group commit of change-status jobs. Concurrent submissions are recorded together: one
+//! statement checks every order's visibility and inserts every job row, one commit makes
+//! them durable — so the database does one transaction (and one WAL flush) for many
+//! requests instead of one each, and nothing waits for a batch to fill: a submission
+//! arriving while no insert is running goes at once, alone.
+//!
+//! Up to [`WRITERS`] batches run at a time; what arrives meanwhile waits for the next one,
+//! which is then as big as the load made it (at most [`MAX_BATCH`]).
+
+use crate::store::jobs::{self, NewJob, OrderJob};
+use sqlx::PgPool;
+use std::sync::Arc;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+/// Most jobs recorded by one statement.
+pub const MAX_BATCH: usize = 128;
+/// Batches recorded at the same time (each on a connection of its own).
+pub const WRITERS: usize = 4;
+
+/// One job to record: owned, because it crosses to the writer task.
+pub struct Entry {
+    pub job: OwnedJob,
+    /// The actor sees every order (else only its own).
+    pub sees_all: bool,
+}
+
+/// The owned form of a [`NewJob`].
+pub struct OwnedJob {
+    pub id: uuid::Uuid,
+    pub order_id: uuid::Uuid,
+    pub actor: crate::domain::Actor,
+    pub payload: serde_json::Value,
+    pub idempotency_key: Option<String>,
+    pub traceparent: String,
+}
+
+impl OwnedJob {
+    pub fn as_new(&self) -> NewJob<'_> {
+        NewJob {
+            id: self.id,
+            kind: crate::domain::JobKind::ChangeStatus,
+            order_id: Some(self.order_id),
+            bulk_id: None,
+            actor_id: self.actor.id,
+            actor_role: self.actor.role,
+            payload: &self.payload,
+            idempotency_key: self.idempotency_key.as_deref(),
+            traceparent: Some(&self.traceparent),
+        }
+    }
+}
+
+/// The entry back, with its outcome.
+type Reply = oneshot::Sender<(Entry, Result<OrderJob, Arc<sqlx::Error>>)>;
+
+/// The handle submissions go through; cheap to clone.
+#[derive(Clone)]
+pub struct Intake {
+    tx: mpsc::UnboundedSender<(Entry, Reply)>,
+}
+
+impl Intake {
+    /// Start the intake's loop on `pool`; it ends when the last handle is dropped.
+    pub fn start(pool: PgPool) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(pool, rx));
+        Intake { tx }
+    }
+
+    /// Record one job (committed when this returns `Ok`): the entry back, and how it went.
+    pub async fn record(&self, entry: Entry) -> Result<(Entry, OrderJob), Arc<sqlx::Error>> {
+        let (reply, outcome) = oneshot::channel();
+        let closed = || Arc::new(sqlx::Error::PoolClosed);
+        self.tx.send((entry, reply)).map_err(|_| closed())?;
+        let (entry, outcome) = outcome.await.map_err(|_| closed())?;
+        Ok((entry, outcome?))
+    }
+}
+
+/// Admission control bounds what is in flight, so the channel needs no bound of its own.
+async fn run(pool: PgPool, mut rx: mpsc::UnboundedReceiver<(Entry, Reply)>) {
+    let writers = Arc::new(Semaphore::new(WRITERS));
+    while let Some(first) = rx.recv().await {
+        let Ok(writer) = writers.clone().acquire_owned().await else {
+            return;
+        };
+        // Everything that arrived while the writers were busy goes in this batch.
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            write(&pool, batch).await;
+            drop(writer);
+        });
+    }
+}
+
+/// Record one batch in one transaction and tell each submission its outcome.
+async fn write(pool: &PgPool, batch: Vec<(Entry, Reply)>) {
+    ::metrics::histogram!(crate::metrics::INTAKE_BATCH).record(batch.len() as f64);
+    let new: Vec<(NewJob<'_>, bool)> = batch
+        .iter()
+        .map(|(e, _)| (e.job.as_new(), e.sees_all))
+        .collect();
+    let outcome = async {
+        let mut conn = pool.acquire().await?;
+        // One statement: its own transaction, committed when it returns.
+        jobs::insert_for_orders(&mut conn, &new).await
+    }
+    .await;
+    drop(new);
+    match outcome {
+        Ok(outcomes) => {
+            for ((entry, reply), outcome) in batch.into_iter().zip(outcomes) {
+                let _ = reply.send((entry, Ok(outcome)));
+            }
+        }
+        Err(e) => {
+            let e = Arc::new(e);
+            for (entry, reply) in batch {
+                let _ = reply.send((entry, Err(e.clone())));
+            }
+        }
+    }
+}
