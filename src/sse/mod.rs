@@ -105,14 +105,16 @@ impl HasKeys for BridgeState {
 
 impl BridgeState {
     pub fn new(keys: Keys, pool: PgPool, cfg: BridgeConfig, shutdown: CancellationToken) -> Self {
+        let stats = Arc::new(Stats::default());
         BridgeState {
             keys,
             pool,
             hub: Arc::new(Hub::new(
                 cfg.sse_ring_capacity,
-                cfg.sse_client_buffer.max(1024) * 4,
+                cfg.sse_client_buffer,
+                stats.clone(),
             )),
-            stats: Arc::default(),
+            stats,
             cfg,
             instance: Uuid::new_v4().simple().to_string()[..12].to_owned(),
             shutdown,
@@ -238,7 +240,7 @@ async fn subscribe(
         order_id: params.order_id,
         status: params.status.map(|s| s.to_string()),
     };
-    let body = stream::open(state.clone(), filter, resume).await?;
+    let body = stream::open(&state, filter, resume).await?;
     let sse = Sse::new(body)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(state.cfg.sse_keepalive_secs)));
     // Reverse proxies (nginx and those that follow it) must not buffer a live stream.
@@ -316,6 +318,8 @@ pub async fn run_feed(state: BridgeState, amqp_url: String, names: Names) -> any
         || feed_session(&state, &amqp_url, &names),
     )
     .await;
+    // Every open stream ends once it has sent what it has, so connections can close.
+    state.hub.close();
     Ok(())
 }
 

@@ -1,43 +1,64 @@
-//! One SSE connection: replay what the client missed, then follow the hub live. The
-//! stream's cursor only moves forward one seq at a time, filling any hole from the ring or
-//! the outbox, so a client sees every event it may see, in seq order, exactly once.
+//! One SSE connection: replay what the client missed, then follow its hub mailbox live.
+//! The stream is polled by the HTTP connection itself (no task, no channel per
+//! connection): while live it only takes events from its mailbox, and it falls back to an
+//! asynchronous replay (from the ring, else the outbox) when a client resumes or the hub
+//! shows a hole. Its cursor only moves forward, so a client sees every event it may see,
+//! in seq order, exactly once.
 
-use super::{BridgeState, Filter};
+use super::hub::{Ended, Hub, Mailbox, Next};
+use super::{BridgeState, Filter, Stats};
+use crate::domain::Role;
 use crate::event::Event;
 use crate::http::ApiError;
 use crate::store::outbox;
 use axum::response::sse::Event as Frame;
+use futures::Stream;
+use futures::future::BoxFuture;
+use sqlx::PgPool;
+use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::sync::{broadcast, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
-
-type Tx = mpsc::Sender<Result<Frame, Infallible>>;
 
 const REPLAY_PAGE: i64 = 1000;
 
 /// Open a stream for `filter`, resuming after `resume` (None: from now).
 pub(super) async fn open(
-    state: BridgeState,
+    state: &BridgeState,
     filter: Filter,
     resume: Option<i64>,
-) -> Result<ReceiverStream<Result<Frame, Infallible>>, ApiError> {
+) -> Result<Connection, ApiError> {
     // Subscribe before reading anything, so no event slips between replay and live.
-    let (rx, head) = state.hub.subscribe();
-    let (tx, out) = mpsc::channel(state.cfg.sse_client_buffer.max(1));
-    let hello = Frame::default()
-        .retry(Duration::from_millis(state.cfg.sse_retry_ms))
-        .comment("orderflow");
-    let _ = tx.try_send(Ok(hello));
-
-    let mut cursor = resume.unwrap_or(head);
+    let role = filter.actor.role;
+    let (mailbox, head) = state.hub.subscribe(filter);
+    let mut conn = Connection {
+        ctx: Ctx {
+            hub: state.hub.clone(),
+            stats: state.stats.clone(),
+            pool: state.pool.clone(),
+        },
+        mailbox,
+        role,
+        cursor: resume.unwrap_or(head),
+        frames: VecDeque::new(),
+        replay: None,
+        done: false,
+    };
+    // From here on, dropping `conn` counts the connection as gone.
+    state.stats.connected(role);
+    conn.frames.push_back(
+        Frame::default()
+            .retry(Duration::from_millis(state.cfg.sse_retry_ms))
+            .comment("orderflow"),
+    );
     // Where replay must reach before following live events: the newest event known,
     // whether the hub has seen it yet or not.
     let mut replay_to = head;
     if let Some(after) = resume {
-        let mut conn = state.pool.acquire().await?;
-        let (min, max) = outbox::seq_bounds(&mut conn).await?;
+        let mut db = state.pool.acquire().await?;
+        let (min, max) = outbox::seq_bounds(&mut db).await?;
         let newest = max.unwrap_or(0).max(head);
         replay_to = newest;
         let oldest_kept = min.unwrap_or(newest + 1);
@@ -45,7 +66,7 @@ pub(super) async fn open(
             || (after + 1 < oldest_kept && state.hub.range(after, after + 2).is_none())
         {
             // Beyond retention (or from another deployment): say so, and continue from what exists.
-            cursor = if after > newest {
+            conn.cursor = if after > newest {
                 newest
             } else {
                 oldest_kept - 1
@@ -53,165 +74,231 @@ pub(super) async fn open(
             let data = serde_json::json!({
                 "type": "reset",
                 "requested_after": after,
-                "resume_after": cursor,
+                "resume_after": conn.cursor,
                 "message": "the requested position is not available; events after resume_after follow",
             });
-            let reset = Frame::default()
-                .id(cursor.to_string())
-                .event("reset")
-                .data(data.to_string());
-            let _ = tx.send(Ok(reset)).await;
-        }
-    }
-
-    let role = filter.actor.role;
-    state.stats.connected(role);
-    tokio::spawn(async move {
-        let _guard = ConnectionGuard {
-            state: state.clone(),
-            role,
-        };
-        if let Err(e) = pump(&state, &filter, cursor, replay_to, rx, &tx).await {
-            tracing::debug!(reason = %e, "SSE connection ended");
-        }
-    });
-    Ok(ReceiverStream::new(out))
-}
-
-struct ConnectionGuard {
-    state: BridgeState,
-    role: crate::domain::Role,
-}
-
-impl Drop for ConnectionGuard {
-    fn drop(&mut self) {
-        self.state.stats.disconnected(self.role);
-    }
-}
-
-/// Why a connection's pump stopped.
-#[derive(Debug, thiserror::Error)]
-enum End {
-    #[error("client went away")]
-    Gone,
-    #[error("client too slow; disconnected (it resumes with Last-Event-ID)")]
-    Slow,
-    #[error("bridge shutting down")]
-    Shutdown,
-    #[error("replay failed: {0}")]
-    Replay(#[from] sqlx::Error),
-}
-
-async fn pump(
-    state: &BridgeState,
-    filter: &Filter,
-    mut cursor: i64,
-    replay_to: i64,
-    mut rx: broadcast::Receiver<Arc<Event>>,
-    tx: &Tx,
-) -> Result<(), End> {
-    // Catch up to the newest event known at connect; later events arrive through `rx`
-    // (and any the hub has not seen yet are filled in when a later one shows the gap).
-    let target = replay_to.max(state.hub.head());
-    if target > cursor {
-        cursor = replay(state, filter, cursor, target + 1, tx).await?;
-    }
-    loop {
-        let received = tokio::select! {
-            _ = tx.closed() => return Err(End::Gone),
-            _ = state.shutdown.cancelled() => return Err(End::Shutdown),
-            r = rx.recv() => r,
-        };
-        let event = match received {
-            Ok(e) => e,
-            Err(broadcast::error::RecvError::Lagged(_)) => {
-                state.stats.slow_disconnect();
-                return Err(End::Slow);
-            }
-            Err(broadcast::error::RecvError::Closed) => return Err(End::Shutdown),
-        };
-        if event.seq <= cursor {
-            continue;
-        }
-        if event.seq > cursor + 1 {
-            replay(state, filter, cursor, event.seq, tx).await?;
-        }
-        deliver(state, filter, &event, tx, false).await?;
-        cursor = event.seq;
-    }
-}
-
-/// Send every event with `after < seq < before`, from the ring when it covers the range,
-/// else from the outbox. Returns the new cursor.
-async fn replay(
-    state: &BridgeState,
-    filter: &Filter,
-    mut after: i64,
-    before: i64,
-    tx: &Tx,
-) -> Result<i64, End> {
-    if let Some(events) = state.hub.range(after, before) {
-        state.stats.replayed(true, events.len());
-        for e in events {
-            deliver(state, filter, &e, tx, true).await?;
-        }
-        return Ok(before - 1);
-    }
-    let mut conn = state.pool.acquire().await?;
-    loop {
-        let page = outbox::replay(&mut conn, after, Some(before), REPLAY_PAGE).await?;
-        let Some(last) = page.last().map(|e| e.seq) else {
-            break;
-        };
-        state.stats.replayed(false, page.len());
-        for e in &page {
-            deliver(state, filter, e, tx, true).await?;
-        }
-        after = last;
-    }
-    Ok(after.max(before - 1))
-}
-
-/// Send one event if the connection may see it. Replays wait for room in the buffer; live
-/// events do not: a full buffer means the client cannot keep up.
-async fn deliver(
-    state: &BridgeState,
-    filter: &Filter,
-    e: &Event,
-    tx: &Tx,
-    replaying: bool,
-) -> Result<(), End> {
-    if !filter.allows(e) {
-        return Ok(());
-    }
-    let frame = Frame::default()
-        .id(e.seq.to_string())
-        .event(e.event_type.as_str())
-        .data(e.data.as_str());
-    if replaying {
-        tx.send(Ok(frame)).await.map_err(|_| End::Gone)?;
-    } else {
-        // Exported, a live event's send is a span in the trace of the change behind it
-        // (replays belong to a reconnect, not to that change).
-        let _send = crate::telemetry::hop(|| {
-            let span = tracing::info_span!(
-                parent: None,
-                "sse send",
-                otel.kind = "producer",
-                seq = e.seq,
-                event_type = %e.event_type,
+            conn.frames.push_back(
+                Frame::default()
+                    .id(conn.cursor.to_string())
+                    .event("reset")
+                    .data(data.to_string()),
             );
-            crate::trace::continue_from(&span, e.traceparent.as_deref());
-            span
-        });
-        tx.try_send(Ok(frame)).map_err(|err| match err {
-            mpsc::error::TrySendError::Full(_) => {
-                state.stats.slow_disconnect();
-                End::Slow
-            }
-            mpsc::error::TrySendError::Closed(_) => End::Gone,
-        })?;
+        }
     }
-    state.stats.delivered();
-    Ok(())
+    // Catch up to the newest event known at connect; later events arrive through the
+    // mailbox (and any the hub has not seen yet are filled in when a later one shows the
+    // gap).
+    let target = replay_to.max(state.hub.head());
+    if target > conn.cursor {
+        conn.replay = Some(Box::new(Replay::new(&conn.ctx, conn.cursor, target + 1)));
+    }
+    Ok(conn)
+}
+
+/// What a connection needs of the bridge.
+struct Ctx {
+    hub: Arc<Hub>,
+    stats: Arc<Stats>,
+    pool: PgPool,
+}
+
+/// The body of one SSE response.
+pub(super) struct Connection {
+    ctx: Ctx,
+    mailbox: Arc<Mailbox>,
+    role: Role,
+    /// The seq of the last event this client has had (or may not see).
+    cursor: i64,
+    /// Frames to send before anything else (the greeting, a reset).
+    frames: VecDeque<Frame>,
+    /// Events being replayed, before live events resume.
+    replay: Option<Box<Replay>>,
+    done: bool,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.ctx.hub.unsubscribe(&self.mailbox);
+        self.ctx.stats.disconnected(self.role);
+    }
+}
+
+impl Stream for Connection {
+    type Item = Result<Frame, Infallible>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if let Some(frame) = this.frames.pop_front() {
+            if this.frames.is_empty() {
+                this.frames = VecDeque::new();
+            }
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            if let Some(replay) = this.replay.as_mut() {
+                match replay.poll_next(cx, &this.ctx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(Some(event))) => {
+                        if let Some(frame) = frame(&this.ctx.stats, &this.mailbox.filter, &event) {
+                            return Poll::Ready(Some(Ok(frame)));
+                        }
+                    }
+                    Poll::Ready(Ok(None)) => {
+                        this.cursor = replay.cursor();
+                        this.replay = None;
+                    }
+                    Poll::Ready(Err(e)) => {
+                        tracing::debug!(reason = %e, "SSE connection ended: replay failed");
+                        this.done = true;
+                    }
+                }
+                continue;
+            }
+            let (prev, event) = match this.mailbox.poll_peek(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Next::Event(prev, event)) => (prev, event),
+                Poll::Ready(Next::Ended(why)) => {
+                    match why {
+                        Ended::Slow => tracing::debug!(
+                            "SSE connection ended: client too slow (it resumes with Last-Event-ID)"
+                        ),
+                        Ended::Closed => tracing::debug!("SSE connection ended: shutting down"),
+                    }
+                    this.done = true;
+                    continue;
+                }
+            };
+            if event.seq <= this.cursor {
+                this.mailbox.pop();
+                continue;
+            }
+            // Events between the cursor and `prev` were offered to this connection (those
+            // it may see are ahead in the mailbox); those between `prev` and this one
+            // never went through the hub: fill them in first.
+            let after = this.cursor.max(prev);
+            if event.seq > after + 1 {
+                this.replay = Some(Box::new(Replay::new(&this.ctx, after, event.seq)));
+                this.cursor = after;
+                continue;
+            }
+            this.mailbox.pop();
+            this.cursor = event.seq;
+            // Exported, a live event's send is a span in the trace of the change behind it
+            // (replays belong to a reconnect, not to that change).
+            let _send = crate::telemetry::hop(|| {
+                let span = tracing::info_span!(
+                    parent: None,
+                    "sse send",
+                    otel.kind = "producer",
+                    seq = event.seq,
+                    event_type = %event.event_type,
+                );
+                crate::trace::continue_from(&span, event.traceparent.as_deref());
+                span
+            });
+            if let Some(frame) = frame(&this.ctx.stats, &this.mailbox.filter, &event) {
+                return Poll::Ready(Some(Ok(frame)));
+            }
+        }
+    }
+}
+
+/// The frame for `e` if the connection may see it (the hub offers only those, replays
+/// offer everything).
+fn frame(stats: &Stats, filter: &Filter, e: &Event) -> Option<Frame> {
+    if !filter.allows(e) {
+        return None;
+    }
+    stats.delivered();
+    Some(
+        Frame::default()
+            .id(e.seq.to_string())
+            .event(e.event_type.as_str())
+            .data(e.data.as_str()),
+    )
+}
+
+/// Every event with `after < seq < before`, from the ring when it covers the range, else
+/// from the outbox a page at a time. Replayed events wait for the client (the stream is
+/// only polled when the connection can take more).
+struct Replay {
+    after: i64,
+    before: i64,
+    events: std::vec::IntoIter<Arc<Event>>,
+    /// The next page from the outbox; None once the ring served the range, or the outbox
+    /// has no more.
+    page: Option<BoxFuture<'static, sqlx::Result<Vec<Event>>>>,
+    from_db: bool,
+}
+
+impl Replay {
+    fn new(ctx: &Ctx, after: i64, before: i64) -> Replay {
+        let mut replay = Replay {
+            after,
+            before,
+            events: Vec::new().into_iter(),
+            page: None,
+            from_db: false,
+        };
+        match ctx.hub.range(after, before) {
+            Some(events) => {
+                ctx.stats.replayed(true, events.len());
+                replay.events = events.into_iter();
+            }
+            None => {
+                replay.from_db = true;
+                replay.page = Some(fetch(ctx.pool.clone(), after, before));
+            }
+        }
+        replay
+    }
+
+    /// Where the cursor stands once the replay is done.
+    fn cursor(&self) -> i64 {
+        self.after.max(self.before - 1)
+    }
+
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        ctx: &Ctx,
+    ) -> Poll<sqlx::Result<Option<Arc<Event>>>> {
+        loop {
+            if let Some(event) = self.events.next() {
+                if self.from_db {
+                    self.after = event.seq;
+                }
+                return Poll::Ready(Ok(Some(event)));
+            }
+            let Some(page) = self.page.as_mut() else {
+                if !self.from_db {
+                    self.after = self.before - 1;
+                }
+                return Poll::Ready(Ok(None));
+            };
+            let page = std::task::ready!(page.as_mut().poll(cx))?;
+            if page.is_empty() {
+                self.page = None;
+                continue;
+            }
+            ctx.stats.replayed(false, page.len());
+            let last = page.last().map_or(self.after, |e| e.seq);
+            self.page = Some(fetch(ctx.pool.clone(), last, self.before));
+            self.events = page
+                .into_iter()
+                .map(Arc::new)
+                .collect::<Vec<_>>()
+                .into_iter();
+        }
+    }
+}
+
+fn fetch(pool: PgPool, after: i64, before: i64) -> BoxFuture<'static, sqlx::Result<Vec<Event>>> {
+    Box::pin(async move {
+        let mut conn = pool.acquire().await?;
+        outbox::replay(&mut conn, after, Some(before), REPLAY_PAGE).await
+    })
 }
