@@ -36,7 +36,7 @@ async fn readiness(sys: &TestSystem) -> (u16, String) {
 }
 
 /// A transaction of the test's own holding `lock` (a `LOCK TABLE` statement) until it is
-/// dropped.
+/// rolled back.
 async fn hold(sys: &TestSystem, lock: &str) -> Transaction<'static, Postgres> {
     let mut tx = sys
         .db()
@@ -117,7 +117,7 @@ async fn requests_beyond_the_slots_are_refused_at_once_and_nothing_is_recorded()
         .await
         .expect("a third change was not refused while both slots were taken");
         let ready = readiness(&sys).await;
-        drop(lock);
+        lock.rollback().await.expect("releasing the lock");
         (third, ready)
     };
     let (held, (third, (ready_status, load))) = tokio::join!(held, refused);
@@ -189,7 +189,7 @@ async fn new_jobs_are_refused_while_the_queue_is_too_deep_and_accepted_once_it_d
         .await
         .expect_status(200, "reading an order while jobs are refused");
 
-    drop(lock);
+    lock.rollback().await.expect("releasing the lock");
     expect_paid_once(&sys, accepted).await;
     assert_eq!(
         sys.jobs_of_order(refused_order).await,
