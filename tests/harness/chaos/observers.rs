@@ -194,7 +194,12 @@ async fn consume(
                 delivery.acker.ack(BasicAckOptions::default()).await?;
             }
         };
-        let _ = session.await;
+        // A broker stopped in the middle of the session's setup can leave lapin's pending
+        // call unresolved: the session is abandoned on stop, whatever it is waiting for.
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = session => {}
+        }
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
@@ -221,13 +226,17 @@ async fn follow(
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         };
-        let resp = http
+        let request = http
             .get(format!("{base}{SUBSCRIBE}"))
             .bearer_auth(&token)
             .header("accept", "text/event-stream")
             .header("last-event-id", last.to_string())
-            .send()
-            .await;
+            .send();
+        // A bridge killed after accepting the connection must not hold up stopping.
+        let resp = tokio::select! {
+            _ = stop.cancelled() => break,
+            resp = request => resp,
+        };
         let resp = match resp {
             Ok(resp) if resp.status().as_u16() == 200 => resp,
             Ok(resp) if resp.status().is_client_error() => {
