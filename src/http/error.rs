@@ -125,6 +125,20 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+/// A database error shared by several requests (a failed group insert answers each of
+/// its submissions with it): the same answer as an error of one's own.
+impl From<std::sync::Arc<sqlx::Error>> for ApiError {
+    fn from(e: std::sync::Arc<sqlx::Error>) -> Self {
+        match std::sync::Arc::try_unwrap(e) {
+            Ok(own) => own.into(),
+            Err(shared) if crate::store::is_transient(&shared) => {
+                ApiError::Unavailable(format!("database: {shared}"))
+            }
+            Err(shared) => ApiError::Internal(anyhow::anyhow!("database: {shared}")),
+        }
+    }
+}
+
 impl From<PublishError> for ApiError {
     fn from(e: PublishError) -> Self {
         ApiError::Unavailable(e.to_string())

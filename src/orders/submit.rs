@@ -14,7 +14,6 @@ use crate::http::ApiError;
 use crate::store::jobs::{self, Job, OrderJob};
 use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool};
-use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -97,7 +96,7 @@ pub async fn submit_change(
         },
         sees_all: actor.role.sees_all_orders(),
     };
-    let (entry, recorded) = intake.record(entry).await.map_err(db_error)?;
+    let (entry, recorded) = intake.record(entry).await?;
     let (job, customer_id) = match recorded {
         OrderJob::Inserted {
             customer_id,
@@ -176,15 +175,6 @@ async fn replay(pool: &PgPool, job: &OwnedJob) -> Result<Submitted, ApiError> {
         ));
     }
     Ok(Submitted::Repeat(first))
-}
-
-/// A failed group insert, as the contract's error (each submission of the batch gets it).
-fn db_error(e: Arc<sqlx::Error>) -> ApiError {
-    if crate::store::is_transient(&e) {
-        ApiError::Unavailable(format!("database: {e}"))
-    } else {
-        ApiError::Internal(anyhow::anyhow!("database: {e}"))
-    }
 }
 
 /// Settle a publish of recorded work. Unconfirmed, the record is undone by `compensate`
