@@ -271,6 +271,7 @@ pub type Report = Vec<(Uuid, Outcome)>;
 pub async fn apply_batch(pool: &PgPool, job_ids: &[Uuid]) -> sqlx::Result<Report> {
     let started = std::time::Instant::now();
     let mut tx = pool.begin().await?;
+    crate::store::db::plan_for_now(&mut tx).await?;
     let mut unique = job_ids.to_vec();
     unique.sort();
     unique.dedup();

@@ -253,18 +253,27 @@ pub async fn abandon_unqueued(
 /// nothing. A lock, not an update: the batch's [`finish_many`] is the one write of each
 /// job row (a `running` status would never be seen outside the transaction anyway), and a
 /// second worker holding the same delivery waits here, then finds the job finished.
+///
+/// The rows are found by primary key alone and their status is checked here: with the
+/// status in the statement, the planner may combine `jobs_status_idx` into the scan, and
+/// that index holds an entry for every status a job has had — a bitmap scan of it visits
+/// every job queued since the last vacuum, each batch.
 pub async fn claim(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<Job>> {
-    sqlx::query_as!(
+    let locked = sqlx::query_as!(
         Job,
         r#"select id, kind as "kind: JobKind", order_id, bulk_id, actor_id, actor_role as "actor_role: Role",
                   payload, traceparent, status as "status: JobStatus", attempts, result, error,
                   created_at, updated_at
-           from jobs where id = any($1) and status in ('queued', 'retrying')
+           from jobs where id = any($1)
            for update"#,
         ids,
     )
     .fetch_all(conn)
-    .await
+    .await?;
+    Ok(locked
+        .into_iter()
+        .filter(|j| matches!(j.status, JobStatus::Queued | JobStatus::Retrying))
+        .collect())
 }
 
 /// A job's terminal outcome, recorded with its batch.
