@@ -24,7 +24,7 @@ use std::sync::Arc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 pub mod openapi;
 
@@ -52,15 +52,20 @@ pub async fn serve_http(
         .layer(DefaultBodyLimit::max(http.body_limit_bytes))
         .layer(cors(&http.cors_origins));
     // Exported, a request's span continues the caller's trace; otherwise it stays
-    // tower-http's default (debug level: no span at all in an info log).
+    // tower-http's default (debug level: no span at all in an info log). A 5xx is logged
+    // where it is decided (`ApiError`: internal at error, unavailable at warn), not again
+    // here; overload refusals are counted (`orderflow_overload_refused_total`), not logged
+    // one by one — under overload a line per refusal would cost the CPU being shed.
+    let on_failure = DefaultOnFailure::new().level(tracing::Level::DEBUG);
     let app = if crate::telemetry::exporting() {
         app.layer(
             TraceLayer::new_for_http()
                 .make_span_with(crate::trace::request_span::<axum::body::Body>)
-                .on_response(crate::trace::record_status::<axum::body::Body>),
+                .on_response(crate::trace::record_status::<axum::body::Body>)
+                .on_failure(on_failure),
         )
     } else {
-        app.layer(TraceLayer::new_for_http())
+        app.layer(TraceLayer::new_for_http().on_failure(on_failure))
     };
     axum::serve(
         listener,

@@ -4,18 +4,19 @@
 //! requests instead of one each, and nothing waits for a batch to fill: a submission
 //! arriving while no insert is running goes at once, alone.
 //!
-//! Up to [`WRITERS`] batches run at a time; what arrives meanwhile waits for the next one,
-//! which is then as big as the load made it (at most [`MAX_BATCH`]).
+//! One batch is written at a time; what arrives meanwhile goes in the next one, which is
+//! then as big as the load made it (at most [`MAX_BATCH`]). More writers made smaller
+//! batches, not faster ones: on the 2-core development box at 1,000 changes/s, four
+//! writers recorded about one job per statement and gave submit→event p50 65–78 ms, one
+//! writer 37–39 ms (`orderflow-bench changes`, docs/architecture.md).
 
 use crate::store::jobs::{self, NewJob, OrderJob};
 use sqlx::PgPool;
 use std::sync::Arc;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 /// Most jobs recorded by one statement.
 pub const MAX_BATCH: usize = 128;
-/// Batches recorded at the same time (each on a connection of its own).
-pub const WRITERS: usize = 4;
 
 /// One job to record: owned, because it crosses to the writer task.
 pub struct Entry {
@@ -79,12 +80,8 @@ impl Intake {
 
 /// Admission control bounds what is in flight, so the channel needs no bound of its own.
 async fn run(pool: PgPool, mut rx: mpsc::UnboundedReceiver<(Entry, Reply)>) {
-    let writers = Arc::new(Semaphore::new(WRITERS));
     while let Some(first) = rx.recv().await {
-        let Ok(writer) = writers.clone().acquire_owned().await else {
-            return;
-        };
-        // Everything that arrived while the writers were busy goes in this batch.
+        // Everything that arrived while the last batch was being written goes in this one.
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -92,11 +89,7 @@ async fn run(pool: PgPool, mut rx: mpsc::UnboundedReceiver<(Entry, Reply)>) {
                 Err(_) => break,
             }
         }
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            write(&pool, batch).await;
-            drop(writer);
-        });
+        write(&pool, batch).await;
     }
 }
 
