@@ -140,7 +140,8 @@ pub struct IngressConfig {
     pub rate_per_ip: u32,
 
     /// Admission control: API requests worked on at once; more wait for a slot up to
-    /// INGRESS_QUEUE_MS, then get 503 `overloaded` (0: no limit).
+    /// INGRESS_QUEUE_MS, then get 503 `overloaded` — at once, without waiting, within a
+    /// second of the last such refusal (0: no limit).
     #[arg(long, env = "INGRESS_MAX_IN_FLIGHT", default_value_t = 64)]
     pub ingress_max_in_flight: usize,
 

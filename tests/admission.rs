@@ -73,17 +73,22 @@ async fn expect_paid_once(sys: &TestSystem, ids: &[Uuid]) {
     }
 }
 
+/// How long a request may wait for a slot in the in-flight test: long enough that a
+/// refusal without waiting cannot be mistaken for one after it.
+const QUEUE_WAIT: Duration = Duration::from_secs(2);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_beyond_the_slots_are_refused_at_once_and_nothing_is_recorded() {
+async fn requests_beyond_the_slots_are_refused_and_nothing_is_recorded() {
+    let queue_ms = QUEUE_WAIT.as_millis().to_string();
     let sys = TestSystem::start_with_env(&[
         ("INGRESS_MAX_IN_FLIGHT", "2"),
-        ("INGRESS_QUEUE_MS", "20"),
+        ("INGRESS_QUEUE_MS", &queue_ms),
         ("RATE_PER_ACTOR", "0"),
     ])
     .await;
     let admin = sys.token("admin", Uuid::new_v4());
     let mut orders = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..4 {
         orders.push(sys.create_simple_order(&admin).await);
     }
     let body: Value = serde_json::from_str(MARK_PAID).unwrap();
@@ -108,39 +113,60 @@ async fn requests_beyond_the_slots_are_refused_at_once_and_nothing_is_recorded()
             Duration::from_secs(10),
         )
         .await;
-        // The third is answered while the other two still wait for the lock (the lock is
-        // only released after: a third that queued instead would never be answered).
-        let third = tokio::time::timeout(
-            Duration::from_secs(10),
-            sys.change_status(&admin, orders[2], &body, &[]),
-        )
-        .await
-        .expect("a third change was not refused while both slots were taken");
+        // The third and fourth are answered while the other two still wait for the lock
+        // (the lock is only released after: one that queued instead would never be
+        // answered). The third waits the queue deadline for a slot; the fourth arrives
+        // while the ingress is refusing, and is refused without waiting.
+        let mut answers = Vec::new();
+        for (order, nth) in [(orders[2], "third"), (orders[3], "fourth")] {
+            let started = std::time::Instant::now();
+            let answer =
+                tokio::time::timeout(QUEUE_WAIT * 5, sys.change_status(&admin, order, &body, &[]))
+                    .await
+                    .unwrap_or_else(|_| {
+                        panic!("a {nth} change was not refused while both slots were taken")
+                    });
+            answers.push((answer, started.elapsed()));
+        }
         let ready = readiness(&sys).await;
         lock.rollback().await.expect("releasing the lock");
-        (third, ready)
+        (answers, ready)
     };
-    let (held, (third, (ready_status, load))) = tokio::join!(held, refused);
+    let (held, (answers, (ready_status, load))) = tokio::join!(held, refused);
 
+    let [(third, third_took), (fourth, fourth_took)] = <[_; 2]>::try_from(answers).ok().unwrap();
     expect_overloaded(third, "a third change while two hold the slots");
+    assert!(
+        third_took >= QUEUE_WAIT,
+        "the first request without a slot is refused after waiting {QUEUE_WAIT:?} for one, not after {third_took:?}"
+    );
+    expect_overloaded(fourth, "a fourth change while the ingress is refusing");
+    assert!(
+        fourth_took < QUEUE_WAIT / 2,
+        "while refusing, a request without a slot is refused at once, not after {fourth_took:?}"
+    );
     assert_eq!(ready_status, 503, "/readyz while refusing: {load}");
     assert!(load.starts_with("overloaded"), "/readyz load: {load:?}");
     for answer in held {
         answer.expect_status(202, "a change holding a slot, once the lock is gone");
     }
     expect_paid_once(&sys, &orders[..2]).await;
-    assert_eq!(
-        sys.jobs_of_order(orders[2]).await,
-        0,
-        "the refused change left no job"
-    );
+    for refused in &orders[2..] {
+        assert_eq!(
+            sys.jobs_of_order(*refused).await,
+            0,
+            "a refused change left no job"
+        );
+    }
     let scrape = metrics::Scrape::of(&sys).await;
     assert_eq!(
         scrape.value("orderflow_overload_refused_total", &[("gate", "in_flight")]),
-        1.0
+        2.0
     );
-    // Capacity is back: the refused change goes through when retried.
-    sys.submit(&admin, orders[2], &body).await;
+    // Capacity is back: the refused changes go through when retried.
+    for refused in &orders[2..] {
+        sys.submit(&admin, *refused, &body).await;
+    }
     sys.stop().await;
 }
 

@@ -6,8 +6,11 @@
 //! Two gates:
 //! - **in flight** ([`middleware`], every API request): at most `INGRESS_MAX_IN_FLIGHT`
 //!   requests are worked on at once; one more waits for a slot at most
-//!   `INGRESS_QUEUE_MS`, then is refused. A `Prefer: wait` request gives its slot back
-//!   once its job is queued ([`Slot::release`]): waiting for a worker costs no capacity.
+//!   `INGRESS_QUEUE_MS`, then is refused — or is refused without waiting while the gate
+//!   has refused within the last second (the ingress is overloaded: waiting would end the
+//!   same way, only later, and would hold a timer and a connection meanwhile). A
+//!   `Prefer: wait` request gives its slot back once its job is queued ([`Slot::release`]):
+//!   waiting for a worker costs no capacity.
 //! - **backlog** ([`QueueRoom`], requests that queue jobs): refused while the job queue
 //!   holds more than `INGRESS_MAX_BACKLOG` messages ready, sampled every 100 ms. Beyond
 //!   that, accepting more would only make every job later.
@@ -31,7 +34,8 @@ use tokio_util::sync::CancellationToken;
 /// How often the job queue's depth is sampled for the backlog gate.
 const BACKLOG_SAMPLE: Duration = Duration::from_millis(100);
 
-/// How long after a refusal for want of a slot the ingress still reports itself overloaded.
+/// How long after a refusal for want of a slot the ingress still reports itself overloaded
+/// (and refuses, without waiting, a request that finds no slot free).
 const OVERLOAD_MEMORY: Duration = Duration::from_secs(1);
 
 /// The two gates' settings.
@@ -86,11 +90,13 @@ impl Admission {
         }))
     }
 
-    /// A slot for one request, waiting for it at most the queue deadline.
+    /// A slot for one request, waiting for it at most the queue deadline — not at all
+    /// while the gate is refusing.
     async fn enter(&self) -> Result<Slot, Refusal> {
         let inner = &self.0;
         let permit = match inner.slots.clone().try_acquire_owned() {
             Ok(permit) => permit,
+            Err(_) if self.refused_lately() => return Err(self.refuse()),
             Err(_) => tokio::time::timeout(
                 inner.settings.queue_wait,
                 inner.slots.clone().acquire_owned(),
@@ -98,19 +104,30 @@ impl Admission {
             .await
             .ok()
             .and_then(Result::ok)
-            .ok_or_else(|| {
-                let now = inner.epoch.elapsed().as_millis() as i64;
-                inner.last_refused_ms.store(now, Ordering::Relaxed);
-                Refusal {
-                    gate: "in_flight",
-                    why: format!(
-                        "{} requests in flight and no slot free within {:?}",
-                        inner.settings.max_in_flight, inner.settings.queue_wait
-                    ),
-                }
-            })?,
+            .ok_or_else(|| self.refuse())?,
         };
         Ok(Slot(Arc::new(Mutex::new(Some(Held::new(permit))))))
+    }
+
+    /// Refuse a request for want of a slot, and remember when.
+    fn refuse(&self) -> Refusal {
+        let inner = &self.0;
+        let now = inner.epoch.elapsed().as_millis() as i64;
+        inner.last_refused_ms.store(now, Ordering::Relaxed);
+        Refusal {
+            gate: "in_flight",
+            why: format!(
+                "{} requests in flight and no slot free within {:?}",
+                inner.settings.max_in_flight, inner.settings.queue_wait
+            ),
+        }
+    }
+
+    /// Whether a request was refused for want of a slot within [`OVERLOAD_MEMORY`].
+    fn refused_lately(&self) -> bool {
+        let last = self.0.last_refused_ms.load(Ordering::Relaxed);
+        let now = self.0.epoch.elapsed().as_millis() as i64;
+        last >= 0 && now - last < OVERLOAD_MEMORY.as_millis() as i64
     }
 
     /// The reason new jobs are refused right now, if they are.
@@ -128,9 +145,7 @@ impl Admission {
         if let Some(r) = self.backlog_full() {
             return Some(r.why);
         }
-        let last = self.0.last_refused_ms.load(Ordering::Relaxed);
-        let now = self.0.epoch.elapsed().as_millis() as i64;
-        (last >= 0 && now - last < OVERLOAD_MEMORY.as_millis() as i64).then(|| {
+        self.refused_lately().then(|| {
             format!(
                 "requests refused in the last second: all {} slots busy",
                 self.0.settings.max_in_flight
