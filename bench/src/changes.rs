@@ -314,6 +314,9 @@ async fn bench(system: &System, args: &ChangesArgs) -> anyhow::Result<f64> {
         let shots = run_phase(&driver, &listener, format!("{rate}/s"), plan, args).await;
         let f = Figures::of(&shots, &listener);
         f.print(&format!("rate {rate}/s"));
+        if let Some(start) = shots.iter().map(|s| s.scheduled).min() {
+            print_worst_window(&windows_from(&shots, &listener, start));
+        }
         let all_in = f.accepted == f.offered && f.lost == 0 && f.duplicated == 0;
         if all_in && f.end_to_end.p99 < limit {
             sustainable = Some(*rate);
@@ -420,7 +423,7 @@ async fn overload(
         return Ok(());
     };
     let limit = Duration::from_millis(args.p99_ms);
-    let windows = recovery_windows(after, listener, burst_end);
+    let windows = windows_from(after, listener, burst_end);
     let show = |w: &[(Duration, Option<Duration>)]| {
         w.iter()
             .map(|(_, p99)| p99.map_or("-".to_owned(), |d| format!("{:.0?}", d)))
@@ -444,20 +447,16 @@ async fn overload(
     Ok(())
 }
 
-/// Per 500 ms window after the burst (by scheduled time): the window's start, accept p99
-/// and submit->event p99.
-fn recovery_windows(
-    after: &[Shot],
-    listener: &Listener,
-    burst_end: Instant,
-) -> Vec<(Duration, Option<Duration>, Option<Duration>)> {
+/// One 500 ms window of sends: its start (after the phase's), accept p99 and
+/// submit->event p99.
+type Window = (Duration, Option<Duration>, Option<Duration>);
+
+/// Per 500 ms window from `start` (by scheduled time).
+fn windows_from(shots: &[Shot], listener: &Listener, start: Instant) -> Vec<Window> {
     const WINDOW: Duration = Duration::from_millis(500);
     let mut windows: BTreeMap<u64, (Vec<Duration>, Vec<Duration>)> = BTreeMap::new();
-    for shot in after {
-        let index = (shot
-            .scheduled
-            .saturating_duration_since(burst_end)
-            .as_millis()
+    for shot in shots {
+        let index = (shot.scheduled.saturating_duration_since(start).as_millis()
             / WINDOW.as_millis()) as u64;
         let w = windows.entry(index).or_default();
         w.0.push(shot.answer_latency());
@@ -473,6 +472,21 @@ fn recovery_windows(
             (WINDOW * i as u32, p99(accept), p99(e2e))
         })
         .collect()
+}
+
+/// A step's worst 500 ms for each figure: where a stall shows, and when.
+fn print_worst_window(windows: &[Window]) {
+    let worst = |pick: fn(&Window) -> Option<Duration>| {
+        windows
+            .iter()
+            .filter_map(|w| pick(w).map(|p99| (w.0, p99)))
+            .max_by_key(|(_, p99)| *p99)
+    };
+    if let (Some((at_a, a)), Some((at_e, e))) = (worst(|w| w.1), worst(|w| w.2)) {
+        println!(
+            "    worst 500 ms: accept p99 {a:.0?} at {at_a:.1?} into the step, submit->event p99 {e:.0?} at {at_e:.1?}"
+        );
+    }
 }
 
 /// When every window from some point on has its p99 under `limit`: that point.
