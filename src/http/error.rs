@@ -117,11 +117,8 @@ impl IntoResponse for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        if crate::store::is_transient(&e) {
-            ApiError::Unavailable(format!("database: {e}"))
-        } else {
-            ApiError::Internal(anyhow::Error::new(e).context("database"))
-        }
+        unavailable_if_transient(&e)
+            .unwrap_or_else(|| ApiError::Internal(anyhow::Error::new(e).context("database")))
     }
 }
 
@@ -131,12 +128,15 @@ impl From<std::sync::Arc<sqlx::Error>> for ApiError {
     fn from(e: std::sync::Arc<sqlx::Error>) -> Self {
         match std::sync::Arc::try_unwrap(e) {
             Ok(own) => own.into(),
-            Err(shared) if crate::store::is_transient(&shared) => {
-                ApiError::Unavailable(format!("database: {shared}"))
-            }
-            Err(shared) => ApiError::Internal(anyhow::anyhow!("database: {shared}")),
+            Err(shared) => unavailable_if_transient(&shared)
+                .unwrap_or_else(|| ApiError::Internal(anyhow::anyhow!("database: {shared}"))),
         }
     }
+}
+
+/// A database failure worth retrying ([`crate::store::is_transient`]) is `503 unavailable`.
+fn unavailable_if_transient(e: &sqlx::Error) -> Option<ApiError> {
+    crate::store::is_transient(e).then(|| ApiError::Unavailable(format!("database: {e}")))
 }
 
 impl From<PublishError> for ApiError {

@@ -109,7 +109,7 @@ async fn session(
 /// rows a round. An ordered index scan stops after the batch, and marks dead entries as
 /// it passes them, so the next round skips them. Measured on the 2-core development box
 /// (docs/architecture.md, "Where a change spends its time"): a round of ~10 rows took
-/// 1.5–2.7 ms and grew with the table; with the index scan it stays near 0.3 ms.
+/// 1.5–2.7 ms and grew with the table; with the index scan it stays near 0.2 ms.
 async fn index_only(lock: &mut PgConnection) -> sqlx::Result<()> {
     // Disabled plans are only priced out, not forbidden: the one-row `outbox_cursor` is
     // still scanned, at a price that would make the planner JIT-compile the statement
@@ -144,15 +144,7 @@ async fn publish_loop(
         tokio::time::interval(Duration::from_secs(cfg.retention_interval_secs.max(1)));
     retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        drain(
-            pool,
-            lock,
-            &publisher,
-            cfg.relay_batch_size,
-            floor,
-            shutdown,
-        )
-        .await?;
+        drain(lock, &publisher, cfg.relay_batch_size, floor, shutdown).await?;
         tokio::select! {
             _ = shutdown.cancelled() => break,
             n = listener.recv() => { n.context("NOTIFY listener")?; }
@@ -247,25 +239,25 @@ async fn seq_floor(
 /// Two batches are in flight: the next one is sequenced and queued while the broker
 /// confirms the previous one, and the published cursor moves past a batch only once every
 /// event of it, and of the batches before it, is confirmed. Returns how many were published.
+/// Every statement runs on `lock`, the session holding the relay lock.
 pub async fn drain(
-    pool: &PgPool,
     lock: &mut PgConnection,
     publisher: &EventPublisher,
     batch: i64,
     floor: i64,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<usize> {
-    let mut conn = pool.acquire().await?;
-    let mut sent_through = outbox::published_seq(&mut conn).await?;
+    let mut sent_through = outbox::published_seq(&mut *lock)
+        .await
+        .context("relay lock session")?;
     let mut in_flight: Option<(i64, usize, Instant, Sending<'_>, Vec<Span>)> = None;
     let mut published = 0;
     // Rows sequenced but not confirmed can only be left by a relay that died: they are
     // all after the cursor, and are republished before anything new is sequenced.
     let mut leftovers = true;
     loop {
-        // Rows to publish are read through the lock's session: a statement that succeeds
-        // there shows the session, and so the lock, is still held (a standby has not
-        // taken over).
+        // Everything runs on the lock's session: a statement that succeeds there shows the
+        // session, and so the lock, is still held (a standby has not taken over).
         let mut next = Vec::new();
         if !shutdown.is_cancelled() {
             if leftovers {
@@ -293,7 +285,7 @@ pub async fn drain(
             // Each event's span ends with the broker's confirm.
             drop(spans);
             histogram!(metrics::RELAY_CONFIRM).record(queued_at.elapsed().as_secs_f64());
-            outbox::mark_published(&mut conn, through).await?;
+            outbox::mark_published(&mut *lock, through).await?;
             counter!(metrics::RELAY_PUBLISHED).increment(count as u64);
             published += count;
             tracing::debug!(events = count, through, "published");
