@@ -29,9 +29,12 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 pub mod openapi;
 
 /// Bind, announce the address on stdout (tests and scripts read it), serve until shutdown.
+/// Requests for `stream_paths` that open a connection are served as streams
+/// ([`crate::http::serve`]).
 pub async fn serve_http(
     http: &HttpConfig,
     router: Router,
+    stream_paths: &'static [&'static str],
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(http.bind)
@@ -67,13 +70,8 @@ pub async fn serve_http(
     } else {
         app.layer(TraceLayer::new_for_http().on_failure(on_failure))
     };
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await
-    .context("serving HTTP")
+    crate::http::serve::serve(listener, app, stream_paths, shutdown).await;
+    Ok(())
 }
 
 /// Cross-origin access for the listed origins only (outermost, so a preflight is answered
@@ -189,6 +187,7 @@ pub async fn run_ingress(
         router
             .merge(health::router(pool, Some(ingress)))
             .merge(openapi::router()),
+        &[],
         shutdown,
     )
     .await
@@ -307,7 +306,7 @@ pub async fn run_bridge(
     ));
     let router = sse::router(state).merge(health::router(pool, None));
     let token = shutdown.clone();
-    tasks.spawn(async move { serve_http(&http, router, token).await });
+    tasks.spawn(async move { serve_http(&http, router, sse::STREAM_PATHS, token).await });
     join_all(tasks, shutdown).await
 }
 
@@ -375,6 +374,6 @@ pub async fn run_all(cfg: AllConfig, shutdown: CancellationToken) -> anyhow::Res
         .merge(openapi::router());
     let token = shutdown.clone();
     let http = cfg.http;
-    tasks.spawn(async move { serve_http(&http, router, token).await });
+    tasks.spawn(async move { serve_http(&http, router, sse::STREAM_PATHS, token).await });
     join_all(tasks, shutdown).await
 }

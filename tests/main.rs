@@ -26,6 +26,7 @@ mod rejections;
 mod seq_reuse;
 mod sse_resume;
 mod state_machine;
+mod streams;
 mod traces;
 mod visibility;
 

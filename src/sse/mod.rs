@@ -122,9 +122,13 @@ impl BridgeState {
     }
 }
 
+/// The routes whose responses are endless streams, for the listener to serve as such.
+pub const STREAM_PATHS: &[&str] = &[SUBSCRIBE];
+const SUBSCRIBE: &str = "/orders/events/subscribe";
+
 pub fn router(state: BridgeState) -> Router {
     Router::new()
-        .route("/orders/events/subscribe", get(subscribe))
+        .route(SUBSCRIBE, get(subscribe))
         .route("/orders/events/stats", get(stats))
         .with_state(state)
 }
