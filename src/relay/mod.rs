@@ -90,7 +90,7 @@ async fn session(
         return Ok(());
     };
     let mut lock = lock.detach();
-    index_only(&mut lock).await?;
+    planner_settings(&mut lock).await?;
     tracing::info!("outbox relay active");
     let result = publish_loop(pool, &mut lock, url, names, cfg, shutdown).await;
     // Closing the detached connection ends the session and releases the lock.
@@ -98,26 +98,36 @@ async fn session(
     result
 }
 
-/// The relay reads new rows through the lock's session, and that session finds them
-/// through their partial index only (`outbox_unsequenced_idx`), in id order.
+/// How the lock's session plans the relay's statements.
 ///
-/// Left to itself the planner often prefers a bitmap scan plus a sort, or on a young table
-/// a sequential scan. Both cost as much as the rows sequenced since the last vacuum: a
-/// bitmap scan visits every index entry and heap page of a row that *was* unsequenced,
-/// and never marks those entries dead, so the next round visits them again. Autovacuum
-/// comes after a fifth of the table has changed, so on a large outbox that is millions of
-/// rows a round. An ordered index scan stops after the batch, and marks dead entries as
-/// it passes them, so the next round skips them. Measured on the 2-core development box
-/// (docs/architecture.md, "Where a change spends its time"): a round of ~10 rows took
-/// 1.5–2.7 ms and grew with the table; with the index scan it stays near 0.2 ms.
-async fn index_only(lock: &mut PgConnection) -> sqlx::Result<()> {
+/// It finds new rows through their partial index only (`outbox_unsequenced_idx`), in id
+/// order. Left to itself the planner often prefers a bitmap scan plus a sort, or on a
+/// young table a sequential scan. Both cost as much as the rows sequenced since the last
+/// vacuum: a bitmap scan visits every index entry and heap page of a row that *was*
+/// unsequenced, and never marks those entries dead, so the next round visits them again.
+/// Autovacuum comes after a fifth of the table has changed, so on a large outbox that is
+/// millions of rows a round. An ordered index scan stops after the batch, and marks dead
+/// entries as it passes them, so the next round skips them. Measured on the 2-core
+/// development box (docs/architecture.md, "Where a change spends its time"): a round of
+/// ~10 rows took 1.5–2.7 ms and grew with the table; with the index scan it stays near
+/// 0.2 ms.
+///
+/// And it plans every statement for the outbox as it is now (`force_custom_plan`). The
+/// session lives as long as the relay holds the lock, and after five runs a prepared
+/// statement would keep one generic plan made for the table as it was then. Made on an
+/// empty outbox, that plan joined the batch to the table by walking the whole table and
+/// running the batch's subquery again for every row: when a bulk operation then wrote
+/// 100,000 events, one round of 2,000 took 120 s (`auto_explain`, `orderflow-bench bulk`),
+/// and nothing was published meanwhile.
+async fn planner_settings(lock: &mut PgConnection) -> sqlx::Result<()> {
     // Disabled plans are only priced out, not forbidden: the one-row `outbox_cursor` is
     // still scanned, at a price that would make the planner JIT-compile the statement
     // (~170 ms a round). No relay statement gains from JIT.
     sqlx::query(
         "select set_config('enable_seqscan', 'off', false),
                 set_config('enable_bitmapscan', 'off', false),
-                set_config('jit', 'off', false)",
+                set_config('jit', 'off', false),
+                set_config('plan_cache_mode', 'force_custom_plan', false)",
     )
     .execute(lock)
     .await?;
