@@ -16,14 +16,6 @@ use crate::harness::{EVENT_DEADLINE, TestSystem};
 
 const IO_DEADLINE: Duration = Duration::from_secs(10);
 
-async fn connect(sys: &TestSystem) -> TcpStream {
-    let url = sys.url("");
-    let addr = url.trim_start_matches("http://").trim_end_matches('/');
-    TcpStream::connect(addr)
-        .await
-        .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"))
-}
-
 /// A raw HTTP/1.1 response reader: the head, then the body by its framing.
 struct Raw {
     io: TcpStream,
@@ -45,7 +37,13 @@ impl Head {
 }
 
 impl Raw {
-    fn new(io: TcpStream) -> Self {
+    /// A new connection to the system.
+    async fn connect(sys: &TestSystem) -> Self {
+        let url = sys.url("");
+        let addr = url.trim_start_matches("http://").trim_end_matches('/');
+        let io = TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
         Raw {
             io,
             buf: Vec::new(),
@@ -156,7 +154,7 @@ async fn a_stream_opened_on_a_fresh_connection_is_chunked_closes_its_connection_
  {
     let mut sys = TestSystem::start().await;
     let admin = sys.token("admin", Uuid::new_v4());
-    let mut raw = Raw::new(connect(&sys).await);
+    let mut raw = Raw::connect(&sys).await;
     // The head in two writes: the listener must wait for all of it.
     let request = stream_request(&admin);
     let (first, rest) = request.split_at(request.len() / 2);
@@ -200,7 +198,7 @@ async fn a_stream_opened_on_a_fresh_connection_is_chunked_closes_its_connection_
 async fn a_client_that_goes_away_is_no_longer_counted() {
     let sys = TestSystem::start().await;
     let admin = sys.token("admin", Uuid::new_v4());
-    let mut raw = Raw::new(connect(&sys).await);
+    let mut raw = Raw::connect(&sys).await;
     raw.io
         .write_all(stream_request(&admin).as_bytes())
         .await
@@ -224,7 +222,7 @@ async fn a_client_that_goes_away_is_no_longer_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_stream_request_gets_the_json_error_and_its_connection_closes() {
     let sys = TestSystem::start().await;
-    let mut raw = Raw::new(connect(&sys).await);
+    let mut raw = Raw::connect(&sys).await;
     raw.io
         .write_all(format!("GET {SUBSCRIBE} HTTP/1.1\r\nhost: orderflow\r\n\r\n").as_bytes())
         .await
@@ -251,7 +249,7 @@ async fn a_refused_stream_request_gets_the_json_error_and_its_connection_closes(
 async fn other_requests_are_served_by_hyper_with_the_bytes_read_ahead() {
     let sys = TestSystem::start().await;
     let admin = sys.token("admin", Uuid::new_v4());
-    let mut raw = Raw::new(connect(&sys).await);
+    let mut raw = Raw::connect(&sys).await;
     // Two pipelined requests and then a stream, in one write: the listener reads past the
     // first head and must hand every byte to hyper.
     let pipelined = format!(

@@ -247,7 +247,7 @@ async fn write_response(io: &mut TcpStream, response: Response<Body>) -> io::Res
         Some(n) => head.extend_from_slice(format!("content-length: {n}\r\n\r\n").as_bytes()),
         None => head.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n"),
     }
-    write(io, &[IoSlice::new(&head)]).await?;
+    write(io, &mut [IoSlice::new(&head)]).await?;
     drop(head);
 
     let mut body = pin!(body);
@@ -265,12 +265,12 @@ async fn write_response(io: &mut TcpStream, response: Response<Body>) -> io::Res
             },
         };
         if length.is_some() {
-            write(io, &[IoSlice::new(&data)]).await?;
+            write(io, &mut [IoSlice::new(&data)]).await?;
         } else {
             let size = format!("{:x}\r\n", data.len());
             write(
                 io,
-                &[
+                &mut [
                     IoSlice::new(size.as_bytes()),
                     IoSlice::new(&data),
                     IoSlice::new(b"\r\n"),
@@ -280,16 +280,14 @@ async fn write_response(io: &mut TcpStream, response: Response<Body>) -> io::Res
         }
     }
     if length.is_none() {
-        write(io, &[IoSlice::new(b"0\r\n\r\n")]).await?;
+        write(io, &mut [IoSlice::new(b"0\r\n\r\n")]).await?;
     }
     Ok(())
 }
 
 /// Write all of `parts`, or fail once the client has taken nothing for `WRITE_DEADLINE`.
-async fn write(io: &mut TcpStream, parts: &[IoSlice<'_>]) -> io::Result<()> {
+async fn write(io: &mut TcpStream, mut parts: &mut [IoSlice<'_>]) -> io::Result<()> {
     let all = async {
-        let mut parts: Vec<IoSlice<'_>> = parts.to_vec();
-        let mut parts = &mut parts[..];
         while !parts.is_empty() {
             let n = io.write_vectored(parts).await?;
             if n == 0 {
