@@ -4,7 +4,10 @@
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::harness::{Answer, TestSystem, uuid_of};
+use std::time::Duration;
+
+use crate::harness::metrics::Scrape;
+use crate::harness::{Answer, TestSystem, uuid_of, wait};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_job_delivery_changes_the_order_once() {
@@ -145,6 +148,55 @@ async fn idempotency_key_repeat_returns_the_first_job() {
     assert_eq!(paid_rows, 1, "paid once: {history:#?}");
     assert_eq!(sys.order(&admin, order).await["version"], 2);
 
+    sys.stop().await;
+}
+
+/// A batch is settled by one ack for all of its deliveries (`multiple`): once a burst of
+/// jobs is applied, none of their messages is left unacknowledged — a graceful stop finds
+/// nothing to hand back to the queue for a redelivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_delivery_of_an_applied_batch_is_acknowledged() {
+    const JOBS: usize = 24;
+    // A wide window, so the burst is applied in batches of several deliveries.
+    let mut sys = TestSystem::start_with_env(&[("WORKER_BATCH_WAIT_MS", "300")]).await;
+    let admin = sys.token("admin", Uuid::new_v4());
+    let customer = sys.token("customer", Uuid::new_v4());
+    let mut orders = Vec::with_capacity(JOBS);
+    for _ in 0..JOBS {
+        orders.push(sys.create_simple_order(&customer).await);
+    }
+    let paid = json!({"action": "mark_paid"});
+    let jobs =
+        futures::future::join_all(orders.iter().map(|&o| sys.submit(&admin, o, &paid))).await;
+    for &job in &jobs {
+        let job = sys.wait_job(&admin, job).await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+    }
+    let scrape = Scrape::of(&sys).await;
+    let batches = scrape.value("orderflow_worker_batch_size_count", &[]);
+    assert!(
+        batches >= 1.0 && batches < JOBS as f64,
+        "the burst must have been applied in batches of several jobs: {batches} batches for {JOBS} jobs"
+    );
+
+    sys.terminate(Duration::from_secs(30)).await;
+    let queue = sys.broker().jobs_queue();
+    // Once the worker's consumer is gone, the broker has returned whatever it held unacked.
+    let ready = wait::expect_within(
+        Duration::from_secs(10),
+        "the worker's consumer gone",
+        || async {
+            match sys.broker().queue_counts(&queue).await {
+                (ready, 0) => Ok(ready),
+                (_, consumers) => Err(format!("{consumers} consumers")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        ready, 0,
+        "every delivery of an applied batch is acked: {ready} came back to the queue"
+    );
     sys.stop().await;
 }
 

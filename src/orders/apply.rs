@@ -8,8 +8,9 @@ use super::command::{ChangeCommand, Target};
 use crate::domain::machine::{self, ChangeRequest, OrderContext, StockEffect, StockLine};
 use crate::domain::{Action, Actor, JobStatus, OrderChange, OrderStatus, RejectCode, Rejection};
 use crate::event::NewEvent;
+use crate::store::changes::{self, Changes};
 use crate::store::orders::{Order, OrderItem};
-use crate::store::{history, inventory, jobs, orders, outbox};
+use crate::store::{inventory, jobs, orders};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 use sqlx::{PgConnection, PgPool};
@@ -202,16 +203,14 @@ impl Batch {
         })
     }
 
-    /// Write every recorded effect in the caller's transaction, set-wise.
-    pub async fn write(self, conn: &mut PgConnection) -> sqlx::Result<usize> {
-        let mut seen = HashSet::new();
-        let changed: Vec<&Order> = self
-            .changed
-            .iter()
-            .filter(|id| seen.insert(**id))
-            .map(|id| &self.orders[id])
-            .collect();
-        orders::store_states(conn, &changed, self.now).await?;
+    /// Write every recorded effect in the caller's transaction, set-wise, with the
+    /// `outcomes` of the jobs behind them: stock moves (when there are any), then orders,
+    /// history, outbox and outcomes in one statement.
+    pub async fn write(
+        self,
+        conn: &mut PgConnection,
+        outcomes: &[jobs::Finished],
+    ) -> sqlx::Result<usize> {
         let deltas: Vec<(String, i64, i64)> = self
             .stock_deltas
             .into_iter()
@@ -219,9 +218,24 @@ impl Batch {
             .collect();
         inventory::adjust(conn, &deltas).await?;
         orders::store_reservations(conn, &self.reservations).await?;
-        history::insert_many(conn, &self.applied, self.now).await?;
+        let mut seen = HashSet::new();
+        let states: Vec<&Order> = self
+            .changed
+            .iter()
+            .filter(|id| seen.insert(**id))
+            .map(|id| &self.orders[id])
+            .collect();
         let events: Vec<NewEvent> = self.applied.iter().map(NewEvent::order).collect();
-        outbox::insert_many(conn, &events).await?;
+        let changes = Changes {
+            at: self.now,
+            states: &states,
+            history: &self.applied,
+            events: &events,
+            outcomes,
+        };
+        if !changes.is_empty() {
+            changes::write(conn, &changes).await?;
+        }
         Ok(self.applied.len())
     }
 }
@@ -271,7 +285,6 @@ pub type Report = Vec<(Uuid, Outcome)>;
 pub async fn apply_batch(pool: &PgPool, job_ids: &[Uuid]) -> sqlx::Result<Report> {
     let started = std::time::Instant::now();
     let mut tx = pool.begin().await?;
-    crate::store::db::plan_for_now(&mut tx).await?;
     let mut unique = job_ids.to_vec();
     unique.sort();
     unique.dedup();
@@ -303,8 +316,7 @@ pub async fn apply_batch(pool: &PgPool, job_ids: &[Uuid]) -> sqlx::Result<Report
         accepted_at.push(job.created_at);
         report.push((job.id, outcome));
     }
-    batch.write(&mut tx).await?;
-    jobs::finish_many(&mut tx, &finished).await?;
+    batch.write(&mut tx, &finished).await?;
     tx.commit().await?;
     drop(job_spans);
     record_metrics(&report, &accepted_at, started);

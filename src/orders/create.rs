@@ -5,8 +5,8 @@ use super::read::OrderView;
 use crate::domain::{Actor, OrderChange, RejectCode, Role, change::CREATE};
 use crate::event::NewEvent;
 use crate::http::ApiError;
+use crate::store::changes::{self, Changes};
 use crate::store::orders::{self, NewItem, NewOrder, OrderItem};
-use crate::store::{history, outbox};
 use serde::Deserialize;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -144,8 +144,13 @@ pub async fn create_order(
         bulk_id: None,
         traceparent: Some(traceparent),
     };
-    history::insert_many(&mut tx, std::slice::from_ref(&created), order.created_at).await?;
-    outbox::insert_many(&mut tx, &[NewEvent::order(&created)]).await?;
+    let changes = Changes {
+        at: order.created_at,
+        history: std::slice::from_ref(&created),
+        events: &[NewEvent::order(&created)],
+        ..Changes::default()
+    };
+    changes::write(&mut tx, &changes).await?;
     tx.commit().await?;
     tracing::info!(%customer_id, "order created");
     let items = items

@@ -3,16 +3,27 @@
 use crate::config::{CommonConfig, redact};
 use anyhow::Context;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+use sqlx::{ConnectOptions, Connection, PgPool};
 use std::str::FromStr;
 use std::time::Duration;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// A pool on `DATABASE_URL`. Does not create anything.
+///
+/// Its sessions plan every statement for its own parameters and the tables as they are
+/// now (`plan_cache_mode = force_custom_plan`). Otherwise a connection switches a prepared
+/// statement to one generic plan after five runs and keeps it while the connection lives,
+/// priced for the tables as they were then. A pool opened on a young database — a new
+/// deployment, every test and benchmark — planned the worker's `jobs` statements as
+/// sequential scans of a few hundred rows and went on scanning as the table grew: 2.6 ms
+/// per batch for ~15 jobs after 30,000 changes on the 2-core development box, against
+/// 0.6 ms planned per run. Planning costs a fraction of a millisecond per statement; set
+/// on the session, it costs no round trip of its own.
 pub async fn connect(cfg: &CommonConfig) -> anyhow::Result<PgPool> {
     let options = PgConnectOptions::from_str(&cfg.database_url)
         .context("parsing DATABASE_URL")?
+        .options([("plan_cache_mode", "force_custom_plan")])
         .log_statements(tracing::log::LevelFilter::Trace);
     PgPoolOptions::new()
         .max_connections(cfg.database_max_connections)
@@ -64,21 +75,4 @@ pub async fn create_if_missing(cfg: &CommonConfig) -> anyhow::Result<()> {
 
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     MIGRATOR.run(pool).await.context("applying migrations")
-}
-
-/// Plan each statement of the current transaction for its own parameters and the tables
-/// as they are now (`plan_cache_mode = force_custom_plan`, until the transaction ends).
-///
-/// Otherwise a connection switches a prepared statement to one generic plan after five
-/// runs and keeps it while the connection lives, priced for the tables as they were then.
-/// A pool opened on a young database — a new deployment, every test and benchmark —
-/// planned the worker's `jobs` statements as sequential scans of a few hundred rows and
-/// went on scanning as the table grew: 2.6 ms per batch for ~15 jobs after 30,000 changes
-/// on the 2-core development box, against 0.6 ms planned per run. Planning costs a
-/// fraction of a millisecond per statement, paid once per batch, not per change.
-pub async fn plan_for_now(conn: &mut PgConnection) -> sqlx::Result<()> {
-    sqlx::query_scalar!("select set_config('plan_cache_mode', 'force_custom_plan', true)")
-        .fetch_one(conn)
-        .await?;
-    Ok(())
 }

@@ -1,6 +1,5 @@
 //! The append-only audit log: one row per committed change (and one for creation).
 
-use crate::domain::{OrderChange, OrderStatus, Role};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgConnection;
@@ -57,41 +56,6 @@ impl From<Entry> for EntryView {
             at: e.created_at,
         }
     }
-}
-
-/// Insert the audit rows of many changes in one statement, all stamped `at` (the
-/// transaction's time).
-pub async fn insert_many(
-    conn: &mut PgConnection,
-    changes: &[OrderChange],
-    at: DateTime<Utc>,
-) -> sqlx::Result<()> {
-    if changes.is_empty() {
-        return Ok(());
-    }
-    fn col<'a, T>(changes: &'a [OrderChange], f: impl Fn(&'a OrderChange) -> T) -> Vec<T> {
-        changes.iter().map(f).collect()
-    }
-    sqlx::query!(
-        "insert into order_status_history
-           (order_id, from_status, to_status, action, actor_id, actor_role, reason, job_id, bulk_id, version, created_at)
-         select *, $11 from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[], $6::text[],
-                                  $7::text[], $8::uuid[], $9::uuid[], $10::bigint[])",
-        &col(changes, |c| c.order_id),
-        &col(changes, |c| c.from) as &[Option<OrderStatus>],
-        &col(changes, |c| c.to) as &[OrderStatus],
-        &col(changes, |c| c.action) as &[&str],
-        &col(changes, |c| c.actor.id),
-        &col(changes, |c| c.actor.role) as &[Role],
-        &col(changes, |c| c.reason.as_deref()) as &[Option<&str>],
-        &col(changes, |c| c.job_id) as &[Option<Uuid>],
-        &col(changes, |c| c.bulk_id) as &[Option<Uuid>],
-        &col(changes, |c| c.version),
-        at,
-    )
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 pub async fn for_order(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Result<Vec<Entry>> {

@@ -250,7 +250,8 @@ pub async fn abandon_unqueued(
 
 /// Claim the given jobs for this transaction: lock those still to do. A job not returned
 /// was already finished (or never existed): its delivery is a duplicate and must change
-/// nothing. A lock, not an update: the batch's [`finish_many`] is the one write of each
+/// nothing. A lock, not an update: the batch's outcome ([`Finished`], written by
+/// [`crate::store::changes::write`]) is the one write of each
 /// job row (a `running` status would never be seen outside the transaction anyway), and a
 /// second worker holding the same delivery waits here, then finds the job finished.
 ///
@@ -276,7 +277,9 @@ pub async fn claim(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<Jo
         .collect())
 }
 
-/// A job's terminal outcome, recorded with its batch.
+/// A job's terminal outcome, recorded with its batch ([`crate::store::changes::write`]).
+/// A job claimed by [`claim`] (only locked, so still `queued`/`retrying`) counts this as an
+/// attempt; a bulk job counted its attempt when [`claim_bulk`] marked it `running`.
 pub struct Finished {
     pub id: Uuid,
     pub status: JobStatus,
@@ -299,32 +302,6 @@ pub async fn claim_bulk(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Optio
     )
     .fetch_optional(conn)
     .await
-}
-
-/// Record many outcomes in one statement. A job claimed by [`claim`] (only locked, so still
-/// `queued`/`retrying`) counts this as an attempt; a bulk job counted its attempt when
-/// [`claim_bulk`] marked it `running`.
-pub async fn finish_many(conn: &mut PgConnection, done: &[Finished]) -> sqlx::Result<()> {
-    if done.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<Uuid> = done.iter().map(|d| d.id).collect();
-    let statuses: Vec<JobStatus> = done.iter().map(|d| d.status).collect();
-    let results: Vec<Option<&Value>> = done.iter().map(|d| d.result.as_ref()).collect();
-    let errors: Vec<Option<&Value>> = done.iter().map(|d| d.error.as_ref()).collect();
-    sqlx::query!(
-        "update jobs j set status = v.status, result = v.result, error = v.error,
-                attempts = j.attempts + (j.status <> 'running')::int, updated_at = now()
-         from unnest($1::uuid[], $2::text[], $3::jsonb[], $4::jsonb[]) as v(id, status, result, error)
-         where j.id = v.id",
-        &ids,
-        &statuses as &[JobStatus],
-        &results as &[Option<&Value>],
-        &errors as &[Option<&Value>],
-    )
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// Park a job that cannot be applied (a defect, not a business rejection) with its error.

@@ -5,6 +5,7 @@
 //! a database. The one exception is `create database`: an identifier cannot be bound.
 
 pub mod bulk;
+pub mod changes;
 pub mod db;
 pub mod history;
 pub mod inventory;

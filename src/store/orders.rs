@@ -149,37 +149,6 @@ pub async fn items(conn: &mut PgConnection, order_ids: &[Uuid]) -> sqlx::Result<
     .await
 }
 
-/// Store the status, payment status and version of changed orders, set-wise.
-pub async fn store_states(
-    conn: &mut PgConnection,
-    changed: &[&Order],
-    now: DateTime<Utc>,
-) -> sqlx::Result<()> {
-    if changed.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<Uuid> = changed.iter().map(|o| o.id).collect();
-    let (low, high) = bounds(&ids).expect("not empty");
-    let statuses: Vec<&str> = changed.iter().map(|o| o.status.as_str()).collect();
-    let payments: Vec<&str> = changed.iter().map(|o| o.payment_status.as_str()).collect();
-    let versions: Vec<i64> = changed.iter().map(|o| o.version).collect();
-    sqlx::query!(
-        "update orders o set status = v.status, payment_status = v.payment, version = v.version, updated_at = $5
-         from unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[]) as v(id, status, payment, version)
-         where o.id = v.id and o.id between $6 and $7",
-        &ids,
-        &statuses as &[&str],
-        &payments as &[&str],
-        &versions,
-        now,
-        low,
-        high,
-    )
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 /// Store how much of each line is reserved: (order, line, reserved units).
 pub async fn store_reservations(
     conn: &mut PgConnection,

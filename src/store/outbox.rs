@@ -1,36 +1,9 @@
 //! The outbox: events written with their change, sequenced and published by the relay,
 //! and kept for the retention window as the replay log.
 
-use crate::event::{Event, NewEvent};
+use crate::event::Event;
 use sqlx::PgConnection;
 use uuid::Uuid;
-
-/// Insert events in one statement, in slice order (their ids follow it).
-pub async fn insert_many(conn: &mut PgConnection, events: &[NewEvent]) -> sqlx::Result<()> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    fn col<'a, T>(events: &'a [NewEvent], f: impl Fn(&'a NewEvent) -> T) -> Vec<T> {
-        events.iter().map(f).collect()
-    }
-    sqlx::query!(
-        "insert into outbox (order_id, customer_id, event_type, routing_key, to_status, traceparent, payload)
-         select order_id, customer_id, event_type, routing_key, to_status, traceparent, payload::json
-         from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
-              with ordinality as t(order_id, customer_id, event_type, routing_key, to_status, traceparent, payload, ord)
-         order by ord",
-        &col(events, |e| e.order_id) as &[Option<Uuid>],
-        &col(events, |e| e.customer_id) as &[Option<Uuid>],
-        &col(events, |e| e.event_type) as &[&str],
-        &col(events, |e| e.routing_key.as_str()) as &[&str],
-        &col(events, |e| e.to_status) as &[Option<&str>],
-        &col(events, |e| e.traceparent.as_deref()) as &[Option<&str>],
-        &col(events, |e| e.payload.as_str()) as &[&str],
-    )
-    .execute(conn)
-    .await?;
-    Ok(())
-}
 
 /// A sequenced outbox row as read back: the payload stays JSON text, nothing is parsed.
 #[derive(Debug)]

@@ -149,6 +149,10 @@ impl Worker {
     }
 
     /// After the commit: park dead jobs, ack every delivery, then wake waiting requests.
+    ///
+    /// One ack settles the whole batch: `multiple` acks every delivery of this consumer's
+    /// channel up to the batch's last tag, and every earlier one is in this batch (batches
+    /// of a consumer are settled one after another, and each is settled whole).
     async fn settle(
         &self,
         control: &Channel,
@@ -159,7 +163,13 @@ impl Worker {
             if let Outcome::Dead(why) = outcome {
                 retry::park(control, &self.names, &job.delivery, job.attempt, why).await?;
             }
-            job.delivery.acker.ack(BasicAckOptions::default()).await?;
+        }
+        if let Some(last) = jobs
+            .iter()
+            .map(|j| &j.delivery)
+            .max_by_key(|d| d.delivery_tag)
+        {
+            last.acker.ack(BasicAckOptions { multiple: true }).await?;
         }
         for (job, (job_id, outcome)) in jobs.iter().zip(report) {
             tracing::debug!(%job_id, ?outcome, "job settled");

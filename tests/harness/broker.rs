@@ -134,6 +134,11 @@ impl Broker {
 
     /// How many messages are ready in `queue` (passive declare: the queue must exist).
     pub async fn queue_depth(&self, queue: &str) -> u32 {
+        self.queue_counts(queue).await.0
+    }
+
+    /// (messages ready, consumers) of `queue` (passive declare: the queue must exist).
+    pub async fn queue_counts(&self, queue: &str) -> (u32, u32) {
         let conn = self.connect().await;
         let channel = conn
             .create_channel()
@@ -151,7 +156,7 @@ impl Broker {
             .await
             .unwrap_or_else(|e| panic!("passive declare of {queue}: {e}"));
         let _ = conn.close(200, "OK".into()).await;
-        declared.message_count()
+        (declared.message_count(), declared.consumer_count())
     }
 
     /// Takes (and acks) the next message of `queue`, polling with basic.get until `within`.

@@ -14,6 +14,7 @@ use crate::broker::publisher::JobPublisher;
 use crate::domain::{Action, Actor, BulkMode, BulkStatus, JobKind, OrderStatus, Role};
 use crate::http::ApiError;
 use crate::store::bulk::{self, BulkOp, NOT_FOUND, NewBulk, Selection};
+use crate::store::changes::{self, Changes};
 use crate::store::jobs::{self, Finished, Job, NewJob};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -252,7 +253,11 @@ pub async fn settle(conn: &mut PgConnection, job: &Job, op: &BulkOp) -> sqlx::Re
         result: Some(json!({ "bulk_id": op.id, "status": op.status })),
         error: op.error.clone(),
     };
-    jobs::finish_many(conn, &[finished]).await
+    let changes = Changes {
+        outcomes: &[finished],
+        ..Changes::default()
+    };
+    changes::write(conn, &changes).await
 }
 
 /// A bulk that cannot be worked (a defect): it fails, and its job is dead with `why`.

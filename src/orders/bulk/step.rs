@@ -9,8 +9,8 @@ use crate::event::NewEvent;
 use crate::orders::apply::{Batch, Origin};
 use crate::orders::command::ChangeCommand;
 use crate::store::bulk::{self, BulkOp, ItemRecord, Selection};
+use crate::store::changes::{self, Changes};
 use crate::store::jobs::Job;
-use crate::store::outbox;
 use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -34,7 +34,12 @@ pub enum StepError {
 }
 
 async fn progress(conn: &mut PgConnection, op: &BulkOp) -> sqlx::Result<()> {
-    outbox::insert_many(conn, &[NewEvent::bulk_progress(op.id, op.view())]).await
+    let events = [NewEvent::bulk_progress(op.id, op.view())];
+    let changes = Changes {
+        events: &events,
+        ..Changes::default()
+    };
+    changes::write(conn, &changes).await
 }
 
 /// Do the next step of bulk `job` in one transaction.
@@ -135,7 +140,7 @@ async fn apply_chunk(
             judge(&mut batch, *position, *order_id, actor, request, job, op.id)
         })
         .collect();
-    batch.write(conn).await?;
+    batch.write(conn, &[]).await?;
     bulk::record(conn, op.id, &outcomes, done).await
 }
 
@@ -208,7 +213,7 @@ async fn atomic(
         .filter(|o| o.outcome == ItemOutcome::Rejected)
         .count();
     if rejected == 0 {
-        batch.write(conn).await?;
+        batch.write(conn, &[]).await?;
         bulk::record(conn, op.id, &outcomes, None).await?;
         return bulk::finish(conn, op.id, BulkStatus::Completed, None).await;
     }
