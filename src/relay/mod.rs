@@ -153,11 +153,30 @@ async fn publish_loop(
     let mut retention =
         tokio::time::interval(Duration::from_secs(cfg.retention_interval_secs.max(1)));
     retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut position = Position {
+        sent_through: outbox::published_seq(&mut *lock)
+            .await
+            .context("relay lock session")?,
+        leftovers: true,
+    };
     loop {
-        drain(lock, &publisher, cfg.relay_batch_size, floor, shutdown).await?;
+        drain(
+            lock,
+            &publisher,
+            cfg.relay_batch_size,
+            floor,
+            &mut position,
+            shutdown,
+        )
+        .await?;
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            n = listener.recv() => { n.context("NOTIFY listener")?; }
+            n = listener.recv() => {
+                n.context("NOTIFY listener")?;
+                // One drain covers every commit notified so far (each worker batch
+                // notifies once): the rest of what is buffered needs no round of its own.
+                while listener.next_buffered().is_some() {}
+            }
             _ = tokio::time::sleep(poll) => {}
             _ = retention.tick(), if cfg.outbox_retention_secs > 0 || cfg.history_retention_days > 0 => {
                 if cfg.outbox_retention_secs > 0 {
@@ -244,42 +263,48 @@ async fn seq_floor(
     Ok(sent.max(known))
 }
 
-/// Publish until nothing is left (or shutdown): first what is sequenced but unconfirmed,
-/// then new rows, sequenced a batch at a time (their seqs committed before they are sent).
+/// Publish what the outbox holds (until shutdown): first what is sequenced but unconfirmed,
+/// then new rows, sequenced a batch at a time (their seqs committed before they are sent),
+/// until a batch comes back smaller than `batch` — rows committed after it notify the
+/// listener, which calls this again.
 /// Two batches are in flight: the next one is sequenced and queued while the broker
 /// confirms the previous one, and the published cursor moves past a batch only once every
 /// event of it, and of the batches before it, is confirmed. Returns how many were published.
 /// Every statement runs on `lock`, the session holding the relay lock.
-pub async fn drain(
+async fn drain(
     lock: &mut PgConnection,
     publisher: &EventPublisher,
     batch: i64,
     floor: i64,
+    position: &mut Position,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<usize> {
-    let mut sent_through = outbox::published_seq(&mut *lock)
-        .await
-        .context("relay lock session")?;
+    let Position {
+        sent_through,
+        leftovers,
+    } = position;
     let mut in_flight: Option<(i64, usize, Instant, Sending<'_>, Vec<Span>)> = None;
     let mut published = 0;
-    // Rows sequenced but not confirmed can only be left by a relay that died: they are
-    // all after the cursor, and are republished before anything new is sequenced.
-    let mut leftovers = true;
+    let mut settle_only = false;
     loop {
         // Everything runs on the lock's session: a statement that succeeds there shows the
         // session, and so the lock, is still held (a standby has not taken over).
         let mut next = Vec::new();
-        if !shutdown.is_cancelled() {
-            if leftovers {
-                next = outbox::sequenced_after(&mut *lock, sent_through, batch)
+        if !shutdown.is_cancelled() && !settle_only {
+            if *leftovers {
+                next = outbox::sequenced_after(&mut *lock, *sent_through, batch)
                     .await
                     .context("relay lock session")?;
-                leftovers = !next.is_empty();
+                *leftovers = !next.is_empty();
             }
             if next.is_empty() {
                 let mut tx = lock.begin().await.context("relay lock session")?;
                 next = outbox::sequence(&mut tx, batch, floor).await?;
                 tx.commit().await?;
+                // Fewer than a batch: the outbox had nothing more when it was read, and
+                // whatever commits after that notifies the listener. The next pass only
+                // settles this batch; no round to find the outbox empty.
+                settle_only = (next.len() as i64) < batch;
             }
         }
         let queued = match next.last() {
@@ -303,9 +328,20 @@ pub async fn drain(
         let Some((last, count, queued_at, confirms, spans)) = queued else {
             return Ok(published);
         };
-        sent_through = last;
+        *sent_through = last;
         in_flight = Some((last, count, queued_at, confirms, spans));
     }
+}
+
+/// Where the active relay stands, kept across its drains (it alone moves the cursor while
+/// it holds the lock).
+struct Position {
+    /// The last seq sent: the published cursor, or past it while a batch is in flight.
+    sent_through: i64,
+    /// Rows sequenced but not confirmed can only be left by a relay that died: they are
+    /// all after the cursor, and are republished, once, at takeover, before anything new
+    /// is sequenced.
+    leftovers: bool,
 }
 
 /// When spans are exported, one per event, child of the request that caused it (the
