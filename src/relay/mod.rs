@@ -17,7 +17,7 @@ use ::metrics::{counter, histogram};
 use anyhow::Context;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgListener;
-use sqlx::{Connection, PgConnection, PgPool, Postgres};
+use sqlx::{PgConnection, PgPool, Postgres};
 use std::time::Duration;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -298,9 +298,11 @@ async fn drain(
                 *leftovers = !next.is_empty();
             }
             if next.is_empty() {
-                let mut tx = lock.begin().await.context("relay lock session")?;
-                next = outbox::sequence(&mut tx, batch, floor).await?;
-                tx.commit().await?;
+                // One statement, committed when it returns: the seqs are durable before
+                // any event leaves.
+                next = outbox::sequence(&mut *lock, batch, floor)
+                    .await
+                    .context("relay lock session")?;
                 // Fewer than a batch: the outbox had nothing more when it was read, and
                 // whatever commits after that notifies the listener. The next pass only
                 // settles this batch; no round to find the outbox empty.
