@@ -411,11 +411,14 @@ pub async fn prime(state: &BridgeState) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// At (re)connect: fill in what was published while the bridge was not bound.
+/// At (re)connect: fill in what was sequenced while the bridge was not bound.
+///
+/// Also on the first bind of a process whose start found nothing published (head 0): the
+/// HTTP server accepts streams before the bridge is bound, and an event the relay
+/// published (and marked) meanwhile is in no queue of this bridge. Priming again would
+/// skip it, and a stream that connected before it would never see it. What there is to
+/// fill then is bounded: nothing was published before the process started.
 async fn catch_up(state: &BridgeState) -> anyhow::Result<()> {
-    if state.hub.head() == 0 {
-        return prime(state).await;
-    }
     fill_hub(state, i64::MAX).await
 }
 
