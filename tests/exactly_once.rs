@@ -1,10 +1,10 @@
 //! A job's effect happens once: redelivered job messages and repeated requests with the
 //! same Idempotency-Key change nothing more.
 
+use std::time::Duration;
+
 use serde_json::json;
 use uuid::Uuid;
-
-use std::time::Duration;
 
 use crate::harness::metrics::Scrape;
 use crate::harness::{Answer, TestSystem, uuid_of, wait};

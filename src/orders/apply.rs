@@ -233,9 +233,7 @@ impl Batch {
             events: &events,
             outcomes,
         };
-        if !changes.is_empty() {
-            changes::write(conn, &changes).await?;
-        }
+        changes::write(conn, &changes).await?;
         Ok(self.applied.len())
     }
 }

@@ -401,10 +401,11 @@ async fn feed_session(state: &BridgeState, url: &str, names: &Names) -> anyhow::
 }
 
 /// Start the hub at the newest event the broker has confirmed, so a client connecting
-/// without Last-Event-ID follows from "now". Call once the bridge's queue is bound: every
-/// later event reaches the hub through it (or fills a hole from the outbox). Not the
-/// newest seq: an event sequenced but not yet published would arrive after the head and
-/// be dropped as a repeat.
+/// without Last-Event-ID follows from "now". Called at process start, before the bridge's
+/// queue is bound: the bind then fills in from the outbox what was sequenced after it
+/// (`catch_up`), and every later event reaches the hub through the queue (or fills a hole
+/// from the outbox). Not the newest seq: an event sequenced but not yet published would
+/// arrive after the head and be dropped as a repeat.
 pub async fn prime(state: &BridgeState) -> anyhow::Result<()> {
     let published = crate::store::outbox::published_seq(&mut *state.pool.acquire().await?).await?;
     state.hub.advance_head(published);

@@ -9,7 +9,7 @@
 use crate::domain::{JobStatus, OrderChange, OrderStatus, Role};
 use crate::event::NewEvent;
 use crate::store::jobs::Finished;
-use crate::store::orders::Order;
+use crate::store::orders::{Order, bounds};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgConnection;
@@ -33,7 +33,7 @@ pub struct Changes<'a> {
 
 impl Changes<'_> {
     /// Nothing to write.
-    pub fn is_empty(&self) -> bool {
+    fn is_empty(&self) -> bool {
         self.states.is_empty()
             && self.history.is_empty()
             && self.events.is_empty()
@@ -41,10 +41,13 @@ impl Changes<'_> {
     }
 }
 
-/// Write `changes` in the caller's transaction.
+/// Write `changes` in the caller's transaction (nothing at all when they are empty).
 pub async fn write(conn: &mut PgConnection, changes: &Changes<'_>) -> sqlx::Result<()> {
     fn col<'a, S, T>(rows: &'a [S], f: impl Fn(&'a S) -> T) -> Vec<T> {
         rows.iter().map(f).collect()
+    }
+    if changes.is_empty() {
+        return Ok(());
     }
     let Changes {
         at,
@@ -55,8 +58,8 @@ pub async fn write(conn: &mut PgConnection, changes: &Changes<'_>) -> sqlx::Resu
     } = changes;
     // The id range lets the planner walk the primary key for a long id list (bulk chunks
     // are consecutive in id order); no states, no range: nothing matches.
-    let low = states.iter().map(|o| o.id).min();
-    let high = states.iter().map(|o| o.id).max();
+    let ids = col(states, |o| o.id);
+    let (low, high) = bounds(&ids).unzip();
     sqlx::query!(
         "with states as (
              update orders o set status = v.status, payment_status = v.payment, version = v.version, updated_at = $5
@@ -78,7 +81,7 @@ pub async fn write(conn: &mut PgConnection, changes: &Changes<'_>) -> sqlx::Resu
          from unnest($22::uuid[], $23::uuid[], $24::text[], $25::text[], $26::text[], $27::text[], $28::text[])
               with ordinality as t(order_id, customer_id, event_type, routing_key, to_status, traceparent, payload, ord)
          order by ord",
-        &col(states, |o| o.id),
+        &ids,
         &col(states, |o| o.status.as_str()) as &[&str],
         &col(states, |o| o.payment_status.as_str()) as &[&str],
         &col(states, |o| o.version),

@@ -134,7 +134,9 @@ pub async fn load_many(
     }
 }
 
-fn bounds(ids: &[Uuid]) -> Option<(Uuid, Uuid)> {
+/// The lowest and highest of `ids` (None when empty): a range the planner can walk the
+/// primary key by.
+pub(crate) fn bounds(ids: &[Uuid]) -> Option<(Uuid, Uuid)> {
     Some((*ids.iter().min()?, *ids.iter().max()?))
 }
 
