@@ -4,7 +4,7 @@
 //! published, and the latency of the single changes during the bulk.
 
 use crate::system::{self, System, SystemArgs};
-use crate::{stats, token, yardstick};
+use crate::{cpu, stats, token, yardstick};
 use anyhow::{Context, bail};
 use clap::Args;
 use serde_json::{Value, json};
@@ -169,6 +169,8 @@ async fn bench(system: &System, args: &BulkArgs) -> anyhow::Result<f64> {
         (stop, handle)
     };
 
+    let meter = cpu::Meter::new(system.pid());
+    let before = meter.sample();
     let started = Instant::now();
     let submitted: Value = http
         .post(format!("{}/orders/bulk/status-update", system.base))
@@ -212,6 +214,7 @@ async fn bench(system: &System, args: &BulkArgs) -> anyhow::Result<f64> {
         })
         .await?;
     let wall = started.elapsed();
+    let used = cpu::Usage::between(&before, &meter.sample());
     driver.0.cancel();
     let (latencies, errors) = driver.1.await?;
     let singles = stats::Latency::of(latencies);
@@ -246,6 +249,7 @@ async fn bench(system: &System, args: &BulkArgs) -> anyhow::Result<f64> {
         singles.count, singles.p50, singles.p99, singles.max
     );
     println!("wall time from submit: {wall:.2?}");
+    used.print(applied as usize, "order applied, to published");
     check.close().await;
     Ok(per_sec(committed))
 }

@@ -11,7 +11,7 @@ use crate::events::{Listener, Seen};
 use crate::progress::{Counters, Progress};
 use crate::stats::Latency;
 use crate::system::{self, System, SystemArgs};
-use crate::{seed, token, yardstick};
+use crate::{cpu, seed, token, yardstick};
 use clap::Args;
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
@@ -302,6 +302,7 @@ async fn bench(system: &System, args: &ChangesArgs) -> anyhow::Result<f64> {
         seeded.elapsed()
     );
 
+    let meter = cpu::Meter::new(system.pid());
     let limit = Duration::from_millis(args.p99_ms);
     let (mut sustainable, mut accept_bound) = (None::<u32>, None::<u32>);
     let mut best_events_per_sec = 0.0_f64;
@@ -311,9 +312,12 @@ async fn bench(system: &System, args: &ChangesArgs) -> anyhow::Result<f64> {
             .enumerate()
             .map(|(i, id)| (*id, Duration::from_secs_f64(i as f64 / *rate as f64)))
             .collect();
+        let before = meter.sample();
         let shots = run_phase(&driver, &listener, format!("{rate}/s"), plan, args).await;
+        let used = cpu::Usage::between(&before, &meter.sample());
         let f = Figures::of(&shots, &listener);
         f.print(&format!("rate {rate}/s"));
+        used.print(f.accepted, "accepted change");
         if let Some(start) = shots.iter().map(|s| s.scheduled).min() {
             print_worst_window(&windows_from(&shots, &listener, start));
         }

@@ -9,11 +9,13 @@
 //!   subscribers cut off without slowing the rest.
 //! - [`system`] — finding, starting and cleaning up the system under test; [`seed`] —
 //!   orders to act on; [`token`] — bearer tokens for the run's secret.
-//! - [`stats`] — percentiles; [`progress`] — the progress line; [`limits`] — open files;
+//! - [`cpu`] — where the cores went during a phase, per part of the system;
+//!   [`stats`] — percentiles; [`progress`] — the progress line; [`limits`] — open files;
 //!   [`yardstick`] — the machine's SQL ceilings, to read a figure as a ratio.
 
 pub mod bulk;
 pub mod changes;
+pub mod cpu;
 pub mod events;
 pub mod limits;
 pub mod progress;
