@@ -4,7 +4,7 @@
 
 use std::{
     collections::{BTreeMap, HashSet},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use lapin::message::Delivery;
@@ -527,4 +527,40 @@ async fn the_callers_trace_context_reaches_the_job_and_the_published_event() {
         "the job row keeps it"
     );
     sys.stop().await;
+}
+
+/// Accepting a change records its job without touching the order's row: a request for an
+/// order that a worker's transaction holds locked (mid-batch, or in a bulk chunk) is
+/// answered at once, not when that transaction ends — the ingress has one writer, and a
+/// submission waiting there would hold up every other one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_is_accepted_while_a_worker_holds_its_order_locked() {
+    let sys = TestSystem::start().await;
+    let atok = sys.token("admin", Uuid::new_v4());
+    let order = sys
+        .create_simple_order(&sys.token("customer", Uuid::new_v4()))
+        .await;
+
+    // The lock a worker batch takes on the orders it applies (`orders::load_many`).
+    let mut worker = sys.db().begin().await.expect("begin");
+    sqlx::query("select id from orders where id = $1 for update")
+        .bind(order)
+        .execute(&mut *worker)
+        .await
+        .expect("lock the order");
+    let answered = tokio::time::timeout(
+        Duration::from_secs(10),
+        sys.change_status(&atok, order, &json!({"action": "mark_paid"}), &[]),
+    )
+    .await
+    .expect(
+        "the request was still waiting after 10 s: accepting it waited for the order's row lock",
+    );
+    let answer = answered.expect_status(202, "change-status while the order is locked");
+    let job = uuid_of(&answer.body, "job_id");
+
+    // Once the worker's transaction ends, the change is applied as usual.
+    worker.rollback().await.expect("release the lock");
+    let done = sys.wait_job(&atok, job).await;
+    assert_eq!(done["status"], "succeeded", "job: {done}");
 }
