@@ -1,7 +1,8 @@
 //! `orderflow-bench bulk`: starts the system on a fresh database and broker namespace,
 //! seeds N paid orders, then previews and applies one bulk `confirm` over them while a
 //! driver submits single changes, and reports bulk throughput to committed and to
-//! published, and the latency of the single changes during the bulk.
+//! published, the latency of the single changes during the bulk, and where the machine's
+//! CPU went from submit to published ([`crate::cpu`]).
 
 use crate::system::{self, System, SystemArgs};
 use crate::{cpu, stats, token, yardstick};

@@ -4,7 +4,8 @@
 //! scheduled time, so a stall shows as latency instead of as fewer requests. The events
 //! exchange is read by the benchmark's own queue and matched to the accepted jobs: what
 //! was accepted but never seen is lost; a job seen with two different seqs was applied
-//! twice. `--overload` then offers four times the sustainable rate for a while and
+//! twice. Each step also reports where the machine's CPU went ([`crate::cpu`]).
+//! `--overload` then offers four times the sustainable rate for a while and
 //! watches what is refused, how fast, and how soon latency is back to normal.
 
 use crate::events::{Listener, Seen};

@@ -21,12 +21,14 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// One bulk `confirm` over N orders, with single changes submitted during it:
-    /// throughput to committed and to published, single-change latency meanwhile.
+    /// throughput to committed and to published, single-change latency meanwhile, and
+    /// where the CPU went (per process, and per order).
     Bulk(bulk::BulkArgs),
     /// Single changes at constant offered rates (open loop), step by step, seen by a
     /// downstream consumer of the events exchange: accepted/s, events/s, accept and
-    /// submit->event latency, lost and duplicated, the highest sustainable rate;
-    /// `--overload` adds a burst at four times that rate.
+    /// submit->event latency, lost and duplicated, where the CPU went (per process, and
+    /// per accepted change), the highest sustainable rate; `--overload` adds a burst at
+    /// four times that rate.
     Changes(changes::ChangesArgs),
     /// Many idle live-event subscribers: the system's memory per connection, fan-out of
     /// one event to all of them, and slow subscribers cut off without slowing the rest.
