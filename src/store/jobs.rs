@@ -114,7 +114,8 @@ pub enum OrderJob {
 
 /// Insert change-status jobs, each only if its order exists and its actor may see it
 /// (`sees_all`, else only the actor's own orders): the visibility check and the insert of
-/// many requests in one statement. Returns one outcome per job, in order.
+/// many requests in one statement. Returns one outcome per job, in order; a job the
+/// statement returns no row for was not visible.
 pub async fn insert_for_orders(
     conn: &mut PgConnection,
     new: &[(NewJob<'_>, bool)],
@@ -128,13 +129,12 @@ pub async fn insert_for_orders(
     let traceparents: Vec<Option<&str>> = new.iter().map(|(j, _)| j.traceparent).collect();
     let sees_all: Vec<bool> = new.iter().map(|(_, all)| *all).collect();
     let rows = sqlx::query!(
-        r#"with v as (
-               select * from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::jsonb[],
-                                    $6::text[], $7::text[], $8::bool[])
-                 as v(id, order_id, actor_id, actor_role, payload, idempotency_key, traceparent, sees_all)
-           ), visible as (
-               select v.*, o.customer_id from v join orders o
-                 on o.id = v.order_id and (v.sees_all or o.customer_id = v.actor_id)
+        r#"with visible as (
+               select v.*, o.customer_id
+               from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::jsonb[],
+                           $6::text[], $7::text[], $8::bool[])
+                      as v(id, order_id, actor_id, actor_role, payload, idempotency_key, traceparent, sees_all)
+               join orders o on o.id = v.order_id and (v.sees_all or o.customer_id = v.actor_id)
            ), ins as (
                insert into jobs (id, kind, order_id, actor_id, actor_role, payload, idempotency_key, traceparent)
                select id, 'change_status', order_id, actor_id, actor_role, payload, idempotency_key, traceparent
@@ -142,8 +142,8 @@ pub async fn insert_for_orders(
                on conflict (actor_id, idempotency_key) where idempotency_key is not null do nothing
                returning id, created_at
            )
-           select v.id as "id!", visible.customer_id as "customer_id?", ins.created_at as "created_at?"
-           from v left join visible on visible.id = v.id left join ins on ins.id = v.id"#,
+           select visible.id as "id!", visible.customer_id as "customer_id!", ins.created_at as "created_at?"
+           from visible left join ins on ins.id = visible.id"#,
         &ids,
         &orders as &[Option<Uuid>],
         &actors,
@@ -158,13 +158,12 @@ pub async fn insert_for_orders(
     let by_id: std::collections::HashMap<Uuid, OrderJob> = rows
         .into_iter()
         .map(|r| {
-            let outcome = match (r.customer_id, r.created_at) {
-                (Some(customer_id), Some(created_at)) => OrderJob::Inserted {
-                    customer_id,
+            let outcome = match r.created_at {
+                Some(created_at) => OrderJob::Inserted {
+                    customer_id: r.customer_id,
                     created_at,
                 },
-                (Some(_), None) => OrderJob::KeyUsed,
-                (None, _) => OrderJob::NotVisible,
+                None => OrderJob::KeyUsed,
             };
             (r.id, outcome)
         })
