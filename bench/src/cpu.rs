@@ -107,31 +107,32 @@ impl Usage {
         }
         let named: f64 = self.parts.iter().sum();
         let cores = |s: f64| format!("{:.2}", s / secs);
-        let split = PARTS
-            .iter()
-            .zip(self.parts)
-            .map(|(name, s)| format!("{name} {}", cores(s)))
-            .collect::<Vec<_>>()
-            .join(", ");
         println!(
-            "    cpu: {} of {} cores busy over {:.1?}: {split}, other {}",
+            "    cpu: {} of {} cores busy over {:.1?}: {}, other {}",
             cores(self.busy),
             self.cores,
             self.wall,
+            self.split(cores),
             cores((self.busy - named).max(0.0)),
         );
         if count > 0 {
-            let per = PARTS
-                .iter()
-                .zip(self.parts)
-                .map(|(name, s)| format!("{name} {:.0}", s * 1e6 / count as f64))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let micros = |s: f64| format!("{:.0}", s * 1e6 / count as f64);
             println!(
-                "    cpu per {unit} (µs): {per}; all busy {:.0}",
-                self.busy * 1e6 / count as f64
+                "    cpu per {unit} (µs): {}; all busy {}",
+                self.split(micros),
+                micros(self.busy)
             );
         }
+    }
+
+    /// Each part's name and its seconds as `show` renders them: `orderflow 0.51, …`.
+    fn split(&self, show: impl Fn(f64) -> String) -> String {
+        PARTS
+            .iter()
+            .zip(self.parts)
+            .map(|(name, s)| format!("{name} {}", show(s)))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
