@@ -297,7 +297,6 @@ pub async fn run_bridge(
     let pool = db::connect(&common).await?;
     sample_metrics(&pool, None, &shutdown);
     let state = BridgeState::new(keys(&http), pool.clone(), cfg, shutdown.clone());
-    sse::prime(&state).await?;
     let mut tasks = JoinSet::new();
     tasks.spawn(sse::run_feed(
         state.clone(),
@@ -343,7 +342,6 @@ pub async fn run_all(cfg: AllConfig, shutdown: CancellationToken) -> anyhow::Res
         tracing::warn!(error = %e, "broker not reachable yet; roles will keep trying");
     }
     let bridge = BridgeState::new(keys, pool.clone(), cfg.bridge, shutdown.clone());
-    sse::prime(&bridge).await?;
 
     let mut tasks = JoinSet::new();
     let (wpool, wcommon, wcfg, wstop) = (

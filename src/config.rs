@@ -271,6 +271,12 @@ pub struct BridgeConfig {
     /// Reconnect delay suggested to clients (`retry:`), in milliseconds.
     #[arg(long, env = "SSE_RETRY_MS", default_value_t = 2_000)]
     pub sse_retry_ms: u64,
+
+    /// Seconds the bridge stays bound to the events exchange after its last connection
+    /// closes. Unbound, it takes no events from the broker at all; the next connection
+    /// binds it again (a few milliseconds) and nothing is missed: the outbox fills in.
+    #[arg(long, env = "SSE_IDLE_UNBIND_SECS", default_value_t = 30)]
+    pub sse_idle_unbind_secs: u64,
 }
 
 /// A connection URL without its password, for log and error messages.

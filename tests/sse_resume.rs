@@ -223,3 +223,83 @@ async fn retention_prunes_published_events_and_a_resume_before_them_gets_reset()
     assert_eq!(seen[1].json()["to"], "confirmed");
     sys.stop().await;
 }
+
+/// The bridge's counters, as an admin reads them.
+async fn bridge_stats(sys: &TestSystem, admin: &str) -> serde_json::Value {
+    sys.get("/orders/events/stats", Some(admin))
+        .await
+        .expect_status(200, "bridge stats")
+        .body
+}
+
+/// A bridge nobody listens to unbinds from the events exchange and takes no events; the
+/// next connection binds it again and follows from "now", and a connection resuming from
+/// before the unbound time gets every event it missed, from the outbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_bridge_unbinds_and_the_next_connection_binds_it_again() {
+    let sys = TestSystem::start_with_env(&[("SSE_IDLE_UNBIND_SECS", "0")]).await;
+    let ctok = sys.token("customer", Uuid::new_v4());
+    let atok = sys.token("admin", Uuid::new_v4());
+    let order = sys.create_simple_order(&ctok).await;
+    let stats = bridge_stats(&sys, &atok).await;
+    assert_eq!(stats["bound"], false, "nobody has listened yet: {stats}");
+    assert_eq!(stats["events_received"], 0, "{stats}");
+
+    let mut stream = sys.sse_connect(SUBSCRIBE, Some(&ctok), None).await;
+    assert_eq!(bridge_stats(&sys, &atok).await["bound"], true);
+    sys.apply(&atok, order, &json!({"action": "mark_paid"}))
+        .await;
+    let paid = stream
+        .collect_until(|e| e.kind() == "order.status_changed", EVENT_DEADLINE)
+        .await
+        .pop()
+        .unwrap();
+    drop(stream);
+    let received = wait::expect_within(EVENT_DEADLINE, "the bridge unbinds", || async {
+        let stats = bridge_stats(&sys, &atok).await;
+        match (&stats["bound"], stats["events_received"].as_u64()) {
+            (serde_json::Value::Bool(false), Some(n)) => Ok(n),
+            _ => Err(format!("still bound: {stats}")),
+        }
+    })
+    .await;
+
+    // Unbound: a change is published past the bridge.
+    let missed = sys.apply(&atok, order, &json!({"action": "confirm"})).await;
+    wait::expect_within(EVENT_DEADLINE, "the confirm event published", || async {
+        let published = library::published_seq(sys.db()).await as u64;
+        (published > paid.seq())
+            .then_some(())
+            .ok_or(format!("published through {published}"))
+    })
+    .await;
+    assert_eq!(
+        bridge_stats(&sys, &atok).await["events_received"],
+        received,
+        "an unbound bridge takes no events"
+    );
+
+    // A new connection binds the bridge again and follows from now: its first event is
+    // the next change, not the one made while nobody listened.
+    let mut live = sys.sse_connect(SUBSCRIBE, Some(&ctok), None).await;
+    let mut resumed = sys.sse_connect(SUBSCRIBE, Some(&ctok), Some(paid.seq())).await;
+    assert_eq!(bridge_stats(&sys, &atok).await["bound"], true);
+    let next = sys
+        .submit(&atok, order, &json!({"action": "start_processing"}))
+        .await;
+    let event = live.expect_event("the next change, live").await;
+    assert_eq!(
+        event.json()["job_id"],
+        next.to_string(),
+        "a new connection follows from now: {event:?}"
+    );
+    assert_eq!(event.seq(), paid.seq() + 2, "{event:?}");
+
+    // Resuming from before the unbound time loses nothing and repeats nothing.
+    let replayed = resumed.expect_event("the change made while unbound").await;
+    assert_eq!(replayed.json()["job_id"], missed["id"], "{replayed:?}");
+    assert_eq!(replayed.seq(), paid.seq() + 1, "{replayed:?}");
+    let following = resumed.expect_event("then the live change").await;
+    assert_eq!(following.seq(), event.seq(), "{following:?}");
+    sys.stop().await;
+}

@@ -33,9 +33,15 @@ const SINGLE_POOL: i64 = 2_000;
 /// Run the benchmark and print its report.
 pub async fn run(args: BulkArgs) -> anyhow::Result<()> {
     let before = args.yardstick.before().await?;
+    // Capacity, not policy: the bulk's own rate limit (`WORKER_RATE_BULK`, 20,000/s by
+    // default) is off, as every rate limit is in `changes`; `--env` sets it back.
     let system = System::start(
         &args.system,
-        &[("RATE_PER_ACTOR", "0"), ("DATABASE_MAX_CONNECTIONS", "20")],
+        &[
+            ("RATE_PER_ACTOR", "0"),
+            ("WORKER_RATE_BULK", "0"),
+            ("DATABASE_MAX_CONNECTIONS", "20"),
+        ],
     )
     .await?;
     let outcome = bench(&system, &args).await;

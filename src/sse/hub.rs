@@ -5,16 +5,24 @@
 //! status filter and customer), so an event wakes only the connections it is for, and a
 //! connection's bound counts only its own events: a client that cannot keep up with its
 //! own events is disconnected (it resumes with `Last-Event-ID`), and nobody else waits.
+//!
+//! The hub also says whether the bridge should take events from the broker at all
+//! ([`Feed`]): the feed binds its queue while anyone listens and unbinds a while after the
+//! last connection closes, so a bridge nobody watches costs the broker and itself nothing
+//! per event.
 
 use super::{Filter, Stats};
 use crate::event::Event;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+use tokio::sync::watch;
 use uuid::Uuid;
 
 pub struct Hub {
     inner: RwLock<Inner>,
+    feed: watch::Sender<Feed>,
     /// Events a connection may have waiting before it counts as too slow.
     client_buffer: usize,
     stats: Arc<Stats>,
@@ -31,6 +39,28 @@ struct Inner {
     subscribers: HashMap<Key, HashMap<u64, Arc<Mailbox>>>,
     next_id: u64,
     closed: bool,
+}
+
+/// Who wants events, and whether the feed delivers them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Feed {
+    /// Open connections, and connections waiting for the feed to go live.
+    pub listeners: usize,
+    /// The bridge's queue is bound and the head is current: a connection may follow from
+    /// it. Stays set across a broker reconnect while connections are open (the feed fills
+    /// in what they missed); cleared only when nobody listens.
+    pub live: bool,
+    /// The bridge is shutting down: nobody should wait for the feed any more.
+    pub closed: bool,
+}
+
+/// One connection's interest in the feed, from before it subscribes until it is gone.
+pub(crate) struct Listening(Arc<Hub>);
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        self.0.feed.send_modify(|f| f.listeners -= 1);
+    }
 }
 
 /// The index of subscribers: which status they ask for, and whose orders they may see
@@ -147,9 +177,54 @@ impl Hub {
                 next_id: 0,
                 closed: false,
             }),
+            feed: watch::Sender::new(Feed::default()),
             client_buffer: client_buffer.max(1),
             stats,
         }
+    }
+
+    /// Count a connection as listening (until the guard drops): the feed binds while
+    /// anyone listens.
+    pub(crate) fn listen(self: &Arc<Self>) -> Listening {
+        self.feed.send_modify(|f| f.listeners += 1);
+        Listening(self.clone())
+    }
+
+    /// Wait at most `within` for the feed to be live (or the hub closed); false if it is not.
+    pub(crate) async fn wait_live(&self, within: Duration) -> bool {
+        let mut feed = self.feed.subscribe();
+        matches!(
+            tokio::time::timeout(within, feed.wait_for(|f| f.live || f.closed)).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// The feed's state, to watch for listeners coming and going.
+    pub fn feed(&self) -> watch::Receiver<Feed> {
+        self.feed.subscribe()
+    }
+
+    /// Whether the feed is live (see [`Feed::live`]).
+    pub fn is_live(&self) -> bool {
+        self.feed.borrow().live
+    }
+
+    /// The feed is bound and the head current: connections may start following.
+    pub fn set_live(&self) {
+        self.feed.send_if_modified(|f| !std::mem::replace(&mut f.live, true));
+    }
+
+    /// Stop being live if nobody listens (checked and set at once, so a connection that
+    /// starts listening meanwhile either keeps the feed live or waits for it to be live
+    /// again). True when it stopped: the feed may unbind.
+    pub fn go_idle(&self) -> bool {
+        self.feed.send_if_modified(|f| {
+            let idle = f.listeners == 0 && f.live;
+            if idle {
+                f.live = false;
+            }
+            idle
+        })
     }
 
     /// Highest seq the hub has seen.
@@ -157,13 +232,17 @@ impl Hub {
         self.inner.read().expect("hub lock").head
     }
 
-    /// Move the head forward without an event (at start, to the outbox's published cursor),
-    /// so clients connecting without Last-Event-ID start from "now"; events sequenced but
-    /// not yet published arrive later through the queue or the gap fill.
+    /// Move the head forward without an event (when the feed binds, to the outbox's
+    /// published cursor), so clients connecting without Last-Event-ID start from "now";
+    /// events sequenced but not yet published arrive later through the queue or the gap
+    /// fill. Only while nobody is subscribed: an open connection would see the skipped
+    /// events as never offered. The ring keeps what it has; a range across the skip is not
+    /// in it (see [`Hub::range`]) and replays from the outbox.
     pub fn advance_head(&self, seq: i64) {
         let mut inner = self.inner.write().expect("hub lock");
-        if seq > inner.head && inner.events.is_empty() {
+        if seq > inner.head && inner.subscribers.is_empty() {
             inner.head = seq;
+            inner.last_published = seq;
         }
     }
 
@@ -247,6 +326,7 @@ impl Hub {
 
     /// Shutting down: every connection ends once it has sent what it has.
     pub fn close(&self) {
+        self.feed.send_modify(|f| f.closed = true);
         let mut inner = self.inner.write().expect("hub lock");
         inner.closed = true;
         for (_, bucket) in inner.subscribers.drain() {
@@ -385,9 +465,9 @@ mod tests {
         hub.publish(change(5, alice, "paid"));
         hub.publish(change(6, bob, "cancelled"));
         hub.publish(change(8, alice, "cancelled"));
-        assert_eq!(drain(&admin), vec![Ok((0, 5)), Ok((5, 6)), Ok((6, 8))]);
+        assert_eq!(drain(&admin), vec![Ok((4, 5)), Ok((5, 6)), Ok((6, 8))]);
         assert_eq!(drain(&cancelled), vec![Ok((5, 6)), Ok((6, 8))]);
-        assert_eq!(drain(&customer), vec![Ok((0, 5)), Ok((6, 8))]);
+        assert_eq!(drain(&customer), vec![Ok((4, 5)), Ok((6, 8))]);
         hub.unsubscribe(&customer);
         hub.publish(change(9, alice, "cancelled"));
         assert_eq!(drain(&customer), vec![]);
@@ -395,6 +475,47 @@ mod tests {
         assert_eq!(drain(&admin), vec![Ok((8, 9)), Err(Ended::Closed)]);
         let (late, _) = hub.subscribe(filter(Role::Admin, Uuid::new_v4(), None));
         assert_eq!(drain(&late), vec![Err(Ended::Closed)]);
+    }
+
+    #[test]
+    fn the_head_skips_ahead_only_while_nobody_is_subscribed() {
+        let hub = Hub::new(10, 16, Arc::default());
+        hub.publish(ev(1));
+        hub.publish(ev(2));
+        hub.advance_head(6);
+        assert_eq!(hub.head(), 6, "skipped over what nobody was following");
+        assert!(
+            hub.range(1, 7).is_none(),
+            "the ring does not cover the skipped seqs 3..=6"
+        );
+        let (mailbox, head) = hub.subscribe(filter(Role::Admin, Uuid::new_v4(), None));
+        assert_eq!(head, 6);
+        hub.advance_head(9);
+        assert_eq!(hub.head(), 6, "a subscriber would miss 7..=9");
+        hub.publish(ev(7));
+        assert_eq!(drain(&mailbox), vec![Ok((6, 7))]);
+    }
+
+    #[tokio::test]
+    async fn the_feed_goes_idle_only_when_nobody_listens() {
+        let hub = Arc::new(Hub::new(10, 16, Arc::default()));
+        let mut feed = hub.feed();
+        assert!(!hub.wait_live(Duration::ZERO).await, "not live before it binds");
+        let listening = hub.listen();
+        assert_eq!(feed.borrow_and_update().listeners, 1);
+        hub.set_live();
+        assert!(hub.wait_live(Duration::ZERO).await);
+        assert!(!hub.go_idle(), "someone listens");
+        drop(listening);
+        assert_eq!(feed.borrow_and_update().listeners, 0);
+        assert!(hub.go_idle());
+        assert!(!hub.go_idle(), "already idle");
+        assert!(!hub.wait_live(Duration::from_millis(10)).await);
+        hub.close();
+        assert!(
+            hub.wait_live(Duration::ZERO).await,
+            "nobody waits for the feed of a closed hub"
+        );
     }
 
     #[test]

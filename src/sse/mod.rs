@@ -1,5 +1,7 @@
 //! The SSE bridge: its own queue bound to `orderflow.events` feeds a [`hub::Hub`]; each
-//! browser connection gets the events it may see, with `id:` = seq. A reconnect with
+//! browser connection gets the events it may see, with `id:` = seq. The queue is bound only
+//! while someone listens (and `SSE_IDLE_UNBIND_SECS` after the last one leaves), so a
+//! bridge nobody watches takes no events from the broker. A reconnect with
 //! `Last-Event-ID` resumes from memory when the ring covers the gap, else from the outbox
 //! table — so nothing is lost across bridge restarts within retention.
 
@@ -39,6 +41,7 @@ use uuid::Uuid;
 #[derive(Default)]
 pub struct Stats {
     by_role: [AtomicU64; 4],
+    events_received: AtomicU64,
     events_delivered: AtomicU64,
     slow_disconnects: AtomicU64,
     replayed_from_memory: AtomicU64,
@@ -63,6 +66,10 @@ impl Stats {
     pub(crate) fn disconnected(&self, role: Role) {
         self.by_role[role_index(role)].fetch_sub(1, Ordering::Relaxed);
         gauge!(metrics::SSE_CONNECTIONS, "role" => role.as_str()).decrement(1.0);
+    }
+
+    pub(crate) fn received(&self) {
+        self.events_received.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn delivered(&self) {
@@ -256,6 +263,12 @@ async fn subscribe(
 pub struct BridgeStats {
     instance: String,
     connections: Connections,
+    /// Whether the bridge follows the events exchange (its queue bound, or being bound
+    /// again after the broker was lost): while anyone listens, and `SSE_IDLE_UNBIND_SECS`
+    /// after the last connection closed.
+    bound: bool,
+    /// Events the bridge took from the broker (none while unbound).
+    events_received: u64,
     events_delivered: u64,
     slow_disconnects: u64,
     replayed_from_memory: u64,
@@ -306,6 +319,8 @@ async fn stats(
     Ok(Json(BridgeStats {
         instance: state.instance.clone(),
         connections: Connections { total, by_role },
+        bound: state.hub.is_live(),
+        events_received: s.events_received.load(Ordering::Relaxed),
         events_delivered: s.events_delivered.load(Ordering::Relaxed),
         slow_disconnects: s.slow_disconnects.load(Ordering::Relaxed),
         replayed_from_memory: s.replayed_from_memory.load(Ordering::Relaxed),
@@ -345,15 +360,6 @@ async fn feed_session(state: &BridgeState, url: &str, names: &Names) -> anyhow::
             FieldTable::default(),
         )
         .await?;
-    channel
-        .queue_bind(
-            queue.as_str().into(),
-            names.events.as_str().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
     let mut consumer = channel
         .basic_consume(
             queue.as_str().into(),
@@ -365,19 +371,67 @@ async fn feed_session(state: &BridgeState, url: &str, names: &Names) -> anyhow::
             FieldTable::default(),
         )
         .await?;
-    // Events published while this bridge was not bound are in the outbox: catch up, so
-    // live connections need not wait for the next event to notice the gap.
-    catch_up(state).await?;
-    tracing::info!(%queue, head = state.hub.head(), "SSE bridge consuming");
+    let binding = Binding {
+        channel: &channel,
+        queue: &queue,
+        exchange: &names.events,
+    };
+    // The queue is bound while anyone listens, and unbound once nobody has for
+    // `SSE_IDLE_UNBIND_SECS`: unbound, events are routed past this bridge.
+    let linger = Duration::from_secs(state.cfg.sse_idle_unbind_secs);
+    let mut feed = state.hub.feed();
+    let mut bound = false;
+    let mut unbind_at: Option<tokio::time::Instant> = None;
+    // A new session binds again only if someone listens; a hub left live by the last
+    // session with nobody listening would let a connection follow an unbound queue.
+    state.hub.go_idle();
     loop {
+        if feed.borrow_and_update().listeners > 0 {
+            unbind_at = None;
+            if !bound {
+                binding.bind().await?;
+                bound = true;
+                if !state.hub.is_live() {
+                    // Nobody followed the hub while unbound: start it at "now" rather than
+                    // fill in every event since it was last bound.
+                    prime(state).await?;
+                }
+                // Events published while this bridge was not bound are in the outbox:
+                // catch up, so connections need not wait for the next event to notice the
+                // gap.
+                catch_up(state).await?;
+                state.hub.set_live();
+                tracing::info!(%queue, head = state.hub.head(), "SSE bridge consuming");
+            }
+        } else if bound && unbind_at.is_none() {
+            unbind_at = Some(tokio::time::Instant::now() + linger);
+        }
+        let idle = async {
+            match unbind_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         let next = tokio::select! {
             _ = state.shutdown.cancelled() => break,
+            // The hub holds the sender as long as this task runs.
+            _ = feed.changed() => continue,
+            _ = idle => {
+                unbind_at = None;
+                if state.hub.go_idle() {
+                    binding.unbind().await?;
+                    bound = false;
+                    tracing::info!(%queue, "SSE bridge unbound: nobody listening");
+                }
+                continue;
+            }
             next = consumer.next() => next,
         };
         let Some(delivery) = next else {
             anyhow::bail!("consumer stream ended (channel closed)")
         };
         let delivery = delivery.context("receiving an event")?;
+        state.stats.received();
         match Event::parse(delivery.routing_key.as_str(), &delivery.data) {
             Some(mut event) => {
                 if crate::telemetry::exporting() {
@@ -400,25 +454,54 @@ async fn feed_session(state: &BridgeState, url: &str, names: &Names) -> anyhow::
     Ok(())
 }
 
+/// The bridge's queue and the binding that routes every event to it.
+struct Binding<'a> {
+    channel: &'a lapin::Channel,
+    queue: &'a str,
+    exchange: &'a str,
+}
+
+impl Binding<'_> {
+    async fn bind(&self) -> lapin::Result<()> {
+        self.channel
+            .queue_bind(
+                self.queue.into(),
+                self.exchange.into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+    }
+
+    async fn unbind(&self) -> lapin::Result<()> {
+        self.channel
+            .queue_unbind(
+                self.queue.into(),
+                self.exchange.into(),
+                "#".into(),
+                FieldTable::default(),
+            )
+            .await
+    }
+}
+
 /// Start the hub at the newest event the broker has confirmed, so a client connecting
-/// without Last-Event-ID follows from "now". Called at process start, before the bridge's
-/// queue is bound: the bind then fills in from the outbox what was sequenced after it
-/// (`catch_up`), and every later event reaches the hub through the queue (or fills a hole
-/// from the outbox). Not the newest seq: an event sequenced but not yet published would
-/// arrive after the head and be dropped as a repeat.
+/// without Last-Event-ID follows from "now". Called when the feed binds after nobody
+/// listened (and at start, when nobody has yet), right after the bind: `catch_up` then
+/// fills in from the outbox what was sequenced after it, and every later event reaches the
+/// hub through the queue (or fills a hole from the outbox). Not the newest seq: an event
+/// sequenced but not yet published would arrive after the head and be dropped as a repeat.
 pub async fn prime(state: &BridgeState) -> anyhow::Result<()> {
     let published = crate::store::outbox::published_seq(&mut *state.pool.acquire().await?).await?;
     state.hub.advance_head(published);
     Ok(())
 }
 
-/// At (re)connect: fill in what was sequenced while the bridge was not bound.
-///
-/// Also on the first bind of a process whose start found nothing published (head 0): the
-/// HTTP server accepts streams before the bridge is bound, and an event the relay
-/// published (and marked) meanwhile is in no queue of this bridge. Priming again would
-/// skip it, and a stream that connected before it would never see it. What there is to
-/// fill then is bounded: nothing was published before the process started.
+/// At each bind: fill in what was sequenced while the bridge was not bound — after the
+/// published cursor when it was idle (`prime`), after the head when connections were open
+/// across a broker reconnect. Also on a bind whose `prime` found nothing published (head 0):
+/// everything sequenced then is unpublished, so what there is to fill is bounded.
 async fn catch_up(state: &BridgeState) -> anyhow::Result<()> {
     fill_hub(state, i64::MAX).await
 }

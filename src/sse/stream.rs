@@ -5,7 +5,7 @@
 //! shows a hole. Its cursor only moves forward, so a client sees every event it may see,
 //! in seq order, exactly once.
 
-use super::hub::{Ended, Hub, Mailbox, Next};
+use super::hub::{Ended, Hub, Listening, Mailbox, Next};
 use super::{BridgeState, Filter, Stats};
 use crate::domain::Role;
 use crate::event::Event;
@@ -23,6 +23,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 const REPLAY_PAGE: i64 = 1000;
+/// How long a new connection waits for an idle bridge to bind before it is answered `503`.
+const LIVE_WAIT: Duration = Duration::from_secs(5);
 
 /// Open a stream for `filter`, resuming after `resume` (None: from now).
 pub(super) async fn open(
@@ -30,6 +32,14 @@ pub(super) async fn open(
     filter: Filter,
     resume: Option<i64>,
 ) -> Result<Connection, ApiError> {
+    // A bridge nobody listened to is not bound: binding it and bringing its head up to
+    // date takes a few round trips, and the head is where a new connection starts.
+    let listening = state.hub.listen();
+    if !state.hub.wait_live(LIVE_WAIT).await {
+        return Err(ApiError::Unavailable(
+            "live events: the bridge cannot reach the broker".into(),
+        ));
+    }
     // Subscribe before reading anything, so no event slips between replay and live.
     let role = filter.actor.role;
     let (mailbox, head) = state.hub.subscribe(filter);
@@ -40,6 +50,7 @@ pub(super) async fn open(
             pool: state.pool.clone(),
         },
         mailbox,
+        _listening: listening,
         role,
         cursor: resume.unwrap_or(head),
         frames: VecDeque::new(),
@@ -106,6 +117,8 @@ struct Ctx {
 pub(super) struct Connection {
     ctx: Ctx,
     mailbox: Arc<Mailbox>,
+    /// Keeps the feed bound; dropped after [`Drop`] unsubscribed the mailbox.
+    _listening: Listening,
     role: Role,
     /// The seq of the last event this client has had (or may not see).
     cursor: i64,

@@ -21,6 +21,7 @@ pub async fn primed_bridge_head(pool: &PgPool) -> i64 {
             sse_client_buffer: 16,
             sse_keepalive_secs: 15,
             sse_retry_ms: 1_000,
+            sse_idle_unbind_secs: 30,
         },
         tokio_util::sync::CancellationToken::new(),
     );
