@@ -282,7 +282,9 @@ async fn an_idle_bridge_unbinds_and_the_next_connection_binds_it_again() {
     // A new connection binds the bridge again and follows from now: its first event is
     // the next change, not the one made while nobody listened.
     let mut live = sys.sse_connect(SUBSCRIBE, Some(&ctok), None).await;
-    let mut resumed = sys.sse_connect(SUBSCRIBE, Some(&ctok), Some(paid.seq())).await;
+    let mut resumed = sys
+        .sse_connect(SUBSCRIBE, Some(&ctok), Some(paid.seq()))
+        .await;
     assert_eq!(bridge_stats(&sys, &atok).await["bound"], true);
     let next = sys
         .submit(&atok, order, &json!({"action": "start_processing"}))

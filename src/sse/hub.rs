@@ -211,7 +211,8 @@ impl Hub {
 
     /// The feed is bound and the head current: connections may start following.
     pub fn set_live(&self) {
-        self.feed.send_if_modified(|f| !std::mem::replace(&mut f.live, true));
+        self.feed
+            .send_if_modified(|f| !std::mem::replace(&mut f.live, true));
     }
 
     /// Stop being live if nobody listens (checked and set at once, so a connection that
@@ -500,7 +501,10 @@ mod tests {
     async fn the_feed_goes_idle_only_when_nobody_listens() {
         let hub = Arc::new(Hub::new(10, 16, Arc::default()));
         let mut feed = hub.feed();
-        assert!(!hub.wait_live(Duration::ZERO).await, "not live before it binds");
+        assert!(
+            !hub.wait_live(Duration::ZERO).await,
+            "not live before it binds"
+        );
         let listening = hub.listen();
         assert_eq!(feed.borrow_and_update().listeners, 1);
         hub.set_live();
