@@ -213,6 +213,11 @@ pub struct WorkerConfig {
     #[arg(long, env = "BULK_CHUNK_SIZE", default_value_t = 2_000)]
     pub bulk_chunk_size: i64,
 
+    /// Chunks of one bulk applied at once, each in its own transaction (and with its own
+    /// database connection). 1 applies them strictly one after the other.
+    #[arg(long, env = "BULK_CHUNKS_IN_FLIGHT", default_value_t = 2)]
+    pub bulk_chunks_in_flight: usize,
+
     /// Most bulk changes this worker applies per second (0: no limit). Kept apart from the
     /// single-change limits so a bulk never takes their share.
     #[arg(long, env = "WORKER_RATE_BULK", default_value_t = 20_000)]

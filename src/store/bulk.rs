@@ -294,7 +294,8 @@ pub async fn get(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<BulkO
     .await
 }
 
-/// Lock the bulk row for the rest of the transaction (one chunk at a time per bulk).
+/// Lock the bulk row for the rest of the transaction: its snapshot, its end and every
+/// change to its counters are made under this lock.
 pub async fn lock(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<BulkOp>> {
     sqlx::query_as!(
         BulkOp,
@@ -375,20 +376,19 @@ pub async fn snapshot(
 }
 
 /// `sqlx::$macro!` over `$head`, the bulk `$id`'s items without an outcome yet (columns
-/// `position`, `order_id`, in position order), and `$tail`: of the chunks from `next_chunk`
-/// on (`$all`), or of `next_chunk` alone. An item has its outcome when it has a `bulk_items`
-/// row or, if it was applied, its history row (see [`record`]). Binds $1 and $2; `$arg`s
-/// bind from $3 on.
+/// `position`, `order_id`, in position order), and `$tail`: of every chunk not `done`
+/// (`$chunk` None), or of that one chunk. An item has its outcome when it has a
+/// `bulk_items` row or, if it was applied, its history row (see [`record`]). Binds $1 and
+/// $2; `$arg`s bind from $3 on.
 macro_rules! pending_items_query {
-    ($macro:ident!($head:literal, $tail:literal; $id:expr, $all:expr $(, $arg:expr)* $(,)?)) => {
+    ($macro:ident!($head:literal, $tail:literal; $id:expr, $chunk:expr $(, $arg:expr)* $(,)?)) => {
         sqlx::$macro!(
             $head
                 + r#"
                 select (c.first_position + o.i - 1)::int as position, o.id as order_id
                 from bulk_chunks c
-                join bulk_operations op on op.id = c.bulk_id
                 cross join lateral unnest(c.order_ids) with ordinality as o(id, i)
-                where c.bulk_id = $1 and c.chunk >= op.next_chunk and ($2 or c.chunk = op.next_chunk)
+                where c.bulk_id = $1 and not c.done and ($2::int is null or c.chunk = $2)
                   and not exists (select 1 from bulk_items b
                                   where b.bulk_id = $1 and b.position = c.first_position + o.i - 1)
                   and not exists (select 1 from order_status_history h
@@ -396,23 +396,24 @@ macro_rules! pending_items_query {
                 order by c.chunk, o.i "#
                 + $tail,
             $id,
-            $all,
+            $chunk,
             $($arg),*
         )
     };
 }
 
-/// The items without an outcome yet (see `pending_items_query!`) as (position, order).
-async fn pending_items(
+/// The items without an outcome yet (see `pending_items_query!`) as (position, order): of
+/// `chunk`, or of every chunk not done.
+pub async fn pending_items(
     conn: &mut PgConnection,
     id: Uuid,
-    all: bool,
+    chunk: Option<i32>,
 ) -> sqlx::Result<Vec<(i32, Uuid)>> {
     let rows = pending_items_query!(query!(
         r#"select position as "position!", order_id as "order_id!" from ("#,
         ") p";
         id,
-        all,
+        chunk,
     ))
     .fetch_all(conn)
     .await?;
@@ -425,19 +426,21 @@ pub struct Chunk {
     pub items: Vec<(i32, Uuid)>,
 }
 
-/// The next chunk with items to apply, skipping chunks whose items all have outcomes (a
-/// worker died after recording the last of them). None when every chunk is done.
+/// Claim the first chunk not `done` that no other transaction holds: its row stays locked
+/// until this transaction ends, and [`record`] with `done` finishes it. Chunks whose items
+/// all have outcomes (a worker died after recording the last of them) are marked done on
+/// the way. None when no chunk is left to claim — every chunk may be done, or the rest are
+/// being applied by other transactions.
 ///
-/// A chunk is applied in one transaction that also moves `next_chunk` past it, so the
-/// chunk at `next_chunk` has no outcome yet — unless it is `partial`: its orders were being
-/// applied one by one (see `worker::bulk`), and only then are its items checked for
+/// A chunk's outcomes are recorded in the transaction that marks it done, so the items of
+/// a chunk not done have no outcome yet — unless it is `partial`: its orders were being
+/// applied one by one (see [`mark_partial`]), and only then are its items checked for
 /// outcomes one by one.
-pub async fn next_chunk(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<Chunk>> {
+pub async fn claim_chunk(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<Chunk>> {
     loop {
         let row = sqlx::query!(
-            "select c.chunk, c.first_position, c.partial, c.order_ids
-             from bulk_chunks c join bulk_operations op on op.id = c.bulk_id
-             where c.bulk_id = $1 and c.chunk = op.next_chunk",
+            "select chunk, first_position, partial, order_ids from bulk_chunks
+             where bulk_id = $1 and not done order by chunk limit 1 for update skip locked",
             id,
         )
         .fetch_optional(&mut *conn)
@@ -446,7 +449,7 @@ pub async fn next_chunk(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Optio
             return Ok(None);
         };
         let items: Vec<(i32, Uuid)> = if row.partial {
-            pending_items(conn, id, false).await?
+            pending_items(conn, id, Some(row.chunk)).await?
         } else {
             (row.first_position..).zip(row.order_ids).collect()
         };
@@ -457,13 +460,57 @@ pub async fn next_chunk(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Optio
             }));
         }
         sqlx::query!(
-            "update bulk_operations set next_chunk = $2 + 1 where id = $1",
+            "update bulk_chunks set done = true where bulk_id = $1 and chunk = $2",
             id,
             row.chunk,
         )
         .execute(&mut *conn)
         .await?;
     }
+}
+
+/// Lock `chunk` for the rest of the transaction, waiting for whoever holds it. False when
+/// it is done (or does not exist): nothing of it is left to apply.
+pub async fn lock_chunk(conn: &mut PgConnection, id: Uuid, chunk: i32) -> sqlx::Result<bool> {
+    let done = sqlx::query_scalar!(
+        "select done from bulk_chunks where bulk_id = $1 and chunk = $2 for update",
+        id,
+        chunk,
+    )
+    .fetch_optional(conn)
+    .await?;
+    Ok(done == Some(false))
+}
+
+/// Whether the item at `position` (order `order_id`) has no outcome yet.
+pub async fn item_pending(
+    conn: &mut PgConnection,
+    id: Uuid,
+    position: i32,
+    order_id: Uuid,
+) -> sqlx::Result<bool> {
+    sqlx::query_scalar!(
+        r#"select not exists (select 1 from bulk_items where bulk_id = $1 and position = $2)
+              and not exists (select 1 from order_status_history where bulk_id = $1 and order_id = $3)
+              as "pending!""#,
+        id,
+        position,
+        order_id,
+    )
+    .fetch_one(conn)
+    .await
+}
+
+/// Lock every chunk of the bulk not done yet, waiting for those being applied: afterwards
+/// no other transaction can apply one until this one ends. Returns how many there are.
+pub async fn lock_chunks_left(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<i64> {
+    let chunks = sqlx::query_scalar!(
+        "select chunk from bulk_chunks where bulk_id = $1 and not done order by chunk for update",
+        id,
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(chunks.len() as i64)
 }
 
 /// Mark `chunk` as being applied order by order: some of its items may have outcomes.
@@ -483,7 +530,7 @@ pub async fn all_pending_items(
     conn: &mut PgConnection,
     id: Uuid,
 ) -> sqlx::Result<Vec<(i32, Uuid)>> {
-    pending_items(conn, id, true).await
+    pending_items(conn, id, None).await
 }
 
 /// The code of an item whose id (in an explicit selection) has no order.
@@ -501,7 +548,11 @@ pub struct ItemRecord {
 }
 
 /// Record outcomes set-wise and add them to the bulk's counters; with `done`, that chunk
-/// is finished and the bulk resumes after it. Returns the updated bulk.
+/// is finished: it is not claimed again. Returns the updated bulk.
+///
+/// The counters' update locks the bulk's row until the transaction ends: chunks applied
+/// at once commit their counters (and the progress event written after them) one after
+/// the other, so each progress event counts every chunk committed before it.
 ///
 /// Only outcomes other than `applied` get a `bulk_items` row: an applied item's record is
 /// the history row its change wrote in the same transaction (unique per bulk and order,
@@ -534,11 +585,20 @@ pub async fn record(
         .execute(&mut *conn)
         .await?;
     }
+    if let Some(chunk) = done {
+        sqlx::query!(
+            "update bulk_chunks set done = true where bulk_id = $1 and chunk = $2",
+            id,
+            chunk,
+        )
+        .execute(&mut *conn)
+        .await?;
+    }
     let count = |o: ItemOutcome| items.iter().filter(|i| i.outcome == o).count() as i32;
     sqlx::query_as!(
         BulkOp,
         r#"update bulk_operations set applied = applied + $2, rejected = rejected + $3, failed = failed + $4,
-                  skipped = skipped + $5, next_chunk = coalesce($6 + 1, next_chunk), updated_at = now()
+                  skipped = skipped + $5, updated_at = now()
            where id = $1
            returning id, actor_id, actor_role as "actor_role: Role", selection, request, mode as "mode: BulkMode",
                      status as "status: BulkStatus", cancel_requested, total, applied, rejected, failed,
@@ -548,7 +608,6 @@ pub async fn record(
         count(ItemOutcome::Rejected),
         count(ItemOutcome::Failed),
         count(ItemOutcome::Skipped),
-        done,
     )
     .fetch_one(conn)
     .await
@@ -562,7 +621,7 @@ pub async fn skip_pending(conn: &mut PgConnection, id: Uuid, code: &str) -> sqlx
          select $1, p.position, p.order_id, 'skipped', $3 from (",
         ") p";
         id,
-        true,
+        None::<i32>,
         code,
     ))
     .execute(&mut *conn)
@@ -581,13 +640,21 @@ pub async fn skip_pending(conn: &mut PgConnection, id: Uuid, code: &str) -> sqlx
     .await
 }
 
-/// Set a terminal status; returns the updated bulk.
+/// Set a terminal status; returns the updated bulk. A finished bulk has no chunk left to
+/// claim: any chunk not done (an atomic bulk's, whose items were all recorded at once) is
+/// marked done.
 pub async fn finish(
     conn: &mut PgConnection,
     id: Uuid,
     status: BulkStatus,
     error: Option<&Value>,
 ) -> sqlx::Result<BulkOp> {
+    sqlx::query!(
+        "update bulk_chunks set done = true where bulk_id = $1 and not done",
+        id,
+    )
+    .execute(&mut *conn)
+    .await?;
     sqlx::query_as!(
         BulkOp,
         r#"update bulk_operations set status = $2, error = coalesce($3, error), finished_at = now(), updated_at = now()

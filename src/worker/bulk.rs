@@ -1,11 +1,14 @@
-//! Bulk jobs: one bulk at a time per worker, worked chunk by chunk through
-//! [`crate::orders::bulk::step`]. A worker stopped mid-bulk does not ack: the broker hands
-//! the bulk to another worker, which resumes after the last committed chunk.
+//! Bulk jobs: one bulk at a time per worker, worked through
+//! [`crate::orders::bulk::step`] with `BULK_CHUNKS_IN_FLIGHT` chunks applied at once (one
+//! chunk's transaction overlaps the next one's, so the database is not idle while the
+//! worker judges a chunk or waits for a commit). A worker stopped mid-bulk does not ack:
+//! the broker hands the bulk to another worker, which resumes with the chunks not done.
 
 use super::Worker;
 use super::delivery::JobDelivery;
 use super::retry;
-use crate::orders::bulk::{self, Step, StepError};
+use crate::orders::bulk::{self, Control, Lane, StepError};
+use crate::orders::command::ChangeCommand;
 use crate::store::bulk::BulkOp;
 use crate::store::jobs::{self, Job};
 use anyhow::Context;
@@ -98,8 +101,8 @@ impl Worker {
         Ok(())
     }
 
-    /// Step through the bulk's chunks until it ends, fails or shutdown comes. A database
-    /// that keeps failing is an error: the bulk is given back and resumes where it stopped.
+    /// Work the bulk's chunks until it ends, fails or shutdown comes. A database that keeps
+    /// failing is an error: the bulk is given back and resumes where it stopped.
     async fn work_chunks(&self, job: &Job, shutdown: &CancellationToken) -> anyhow::Result<Run> {
         let chunk = self.cfg.bulk_chunk_size.max(1);
         loop {
@@ -107,27 +110,57 @@ impl Worker {
                 tracing::info!("stopping between bulk chunks; another worker will resume");
                 return Ok(Run::Interrupted);
             }
-            self.limits.admit_bulk(chunk as usize).await;
-            let step = (|| bulk::step::step(&self.pool, job, chunk))
+            let control = (|| bulk::step::control(&self.pool, job, chunk))
                 .retry(ExponentialBuilder::default().with_jitter().with_max_times(3))
-                .when(|e| matches!(e, StepError::Database(db) if crate::store::is_transient(db)))
+                .when(is_transient)
                 .notify(|e, after| tracing::warn!(error = %e, ?after, "transient error in a bulk step; retrying"))
                 .await;
-            match step {
-                Ok(Step::Progressed(op)) => {
-                    tracing::debug!(
-                        applied = op.applied,
-                        rejected = op.rejected,
-                        pending = op.pending(),
-                        "bulk chunk committed"
-                    );
-                }
-                Ok(Step::Finished(op)) => return Ok(Run::Finished(op)),
-                Err(StepError::Database(e)) if crate::store::is_transient(&e) => {
-                    return Err(e).context("bulk step");
-                }
-                Err(e) => return Ok(Run::Failed(e.to_string())),
+            let request = match control {
+                Ok(Control::Finished(op)) => return Ok(Run::Finished(op)),
+                Ok(Control::Chunks(request)) => request,
+                Err(e) => return settle_error(e),
+            };
+            let lanes = (0..self.cfg.bulk_chunks_in_flight.max(1))
+                .map(|_| self.lane(job, &request, chunk, shutdown));
+            if let Err(e) = futures::future::try_join_all(lanes).await {
+                return settle_error(e);
             }
         }
+    }
+
+    /// Claim and apply chunks one after the other until none is left to claim, a cancel is
+    /// asked for or shutdown comes. Several lanes run at once.
+    async fn lane(
+        &self,
+        job: &Job,
+        request: &ChangeCommand,
+        chunk: i64,
+        shutdown: &CancellationToken,
+    ) -> Result<(), StepError> {
+        while !shutdown.is_cancelled() {
+            self.limits.admit_bulk(chunk as usize).await;
+            let lane = (|| bulk::step::apply_next(&self.pool, job, request))
+                .retry(ExponentialBuilder::default().with_jitter().with_max_times(3))
+                .when(is_transient)
+                .notify(|e, after| tracing::warn!(error = %e, ?after, "transient error in a bulk chunk; retrying"))
+                .await?;
+            if lane == Lane::Drained {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_transient(e: &StepError) -> bool {
+    matches!(e, StepError::Database(db) if crate::store::is_transient(db))
+}
+
+/// A step that failed for good: a database still failing after retries gives the bulk back
+/// (an error: it resumes later); anything else is a defect and the bulk fails.
+fn settle_error(e: StepError) -> anyhow::Result<Run> {
+    match e {
+        StepError::Database(e) if crate::store::is_transient(&e) => Err(e).context("bulk step"),
+        e => Ok(Run::Failed(e.to_string())),
     }
 }

@@ -11,6 +11,7 @@ mod atomic;
 mod best_effort;
 mod cancel;
 mod idempotency;
+mod in_flight;
 mod preview;
 mod progress;
 mod resume;

@@ -4,7 +4,7 @@
 
 pub mod step;
 
-pub use step::{Step, StepError};
+pub use step::{Control, Lane, StepError};
 
 use super::apply::{Batch, Origin};
 use super::command::{ChangeBody, ChangeCommand};

@@ -1,8 +1,13 @@
-//! Bulk operations, worked through in chunks. The first step snapshots the selection into
-//! `bulk_chunks`; every later step applies the next chunk through the same [`Batch`] as
-//! single changes and records each item's outcome, the counters and a `bulk.progress`
-//! event in the chunk's transaction. A worker that dies mid-bulk loses at most the chunk
-//! in hand: the redelivered job resumes at the first item without an outcome.
+//! Bulk operations, worked through in chunks. The first [`control`] step snapshots the
+//! selection into `bulk_chunks`. Then chunks are claimed and applied, several at once, each
+//! in its own transaction ([`apply_next`]) through the same [`Batch`] as single changes,
+//! which records each item's outcome, the counters and a `bulk.progress` event with the
+//! chunk. When no chunk is left (or a cancel was asked for), [`control`] ends the bulk. A
+//! worker that dies mid-bulk loses at most the chunks in hand: the redelivered job resumes
+//! with the chunks not done, at the first item without an outcome.
+//!
+//! Locks are always taken in one order — chunk rows, then the bulk's row — so chunks
+//! applied at once, their isolation and the control step cannot deadlock one another.
 
 use crate::domain::{Actor, BulkMode, BulkStatus, ItemOutcome};
 use crate::event::NewEvent;
@@ -15,13 +20,23 @@ use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-/// Outcome of one step.
+/// What the bulk needs after a [`control`] step.
 #[derive(Debug)]
-pub enum Step {
-    /// A chunk (or the snapshot) was committed; there is more to do.
-    Progressed(BulkOp),
+pub enum Control {
+    /// Chunks are left: apply them with [`apply_next`], this change to each order.
+    Chunks(Box<ChangeCommand>),
     /// The bulk reached a terminal status.
     Finished(BulkOp),
+}
+
+/// Outcome of one [`apply_next`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lane {
+    /// A chunk was applied (or finished by another transaction while this one isolated
+    /// its orders): there may be more.
+    Worked,
+    /// No chunk is left to claim, or a cancel was asked for: back to [`control`].
+    Drained,
 }
 
 /// Why a bulk's stored request cannot be worked: a defect, the bulk fails.
@@ -42,74 +57,137 @@ async fn progress(conn: &mut PgConnection, op: &BulkOp) -> sqlx::Result<()> {
     changes::write(conn, &changes).await
 }
 
-/// Do the next step of bulk `job` in one transaction.
+fn bulk_id(job: &Job) -> Result<Uuid, StepError> {
+    job.bulk_id
+        .ok_or_else(|| StepError::Unreadable("bulk job without a bulk".into()))
+}
+
+/// Start, cancel or end bulk `job` in one transaction, with every chunk not done locked
+/// (waiting for those being applied): its snapshot when it is queued (with the whole of an
+/// atomic bulk), the skipped items and the end when a cancel was asked for, and the end of
+/// a best-effort bulk whose chunks are all done. Otherwise it writes nothing and hands the
+/// chunks to [`apply_next`].
 #[tracing::instrument(skip_all, fields(bulk_id = ?job.bulk_id), err)]
-pub async fn step(pool: &PgPool, job: &Job, chunk: i64) -> Result<Step, StepError> {
-    let bulk_id = job
-        .bulk_id
-        .ok_or_else(|| StepError::Unreadable("bulk job without a bulk".into()))?;
+pub async fn control(pool: &PgPool, job: &Job, chunk: i64) -> Result<Control, StepError> {
+    let bulk_id = bulk_id(job)?;
     let mut tx = pool.begin().await?;
+    let chunks_left = bulk::lock_chunks_left(&mut tx, bulk_id).await?;
     let Some(op) = bulk::lock(&mut tx, bulk_id).await? else {
         return Err(StepError::Unreadable(
             "the bulk operation does not exist".into(),
         ));
     };
     if op.status.is_terminal() {
-        return Ok(Step::Finished(op));
+        return Ok(Control::Finished(op));
     }
     let request: ChangeCommand = serde_json::from_value(op.request.clone())
         .map_err(|e| StepError::Unreadable(e.to_string()))?;
     let selection: Selection = serde_json::from_value(op.selection.clone())
         .map_err(|e| StepError::Unreadable(e.to_string()))?;
 
-    let step = if op.cancel_requested {
+    let latest = if op.cancel_requested {
         bulk::skip_pending(&mut tx, bulk_id, "cancelled").await?;
-        Step::Finished(bulk::finish(&mut tx, bulk_id, BulkStatus::Cancelled, None).await?)
+        bulk::finish(&mut tx, bulk_id, BulkStatus::Cancelled, None).await?
     } else if op.status == BulkStatus::Queued {
         let total = bulk::snapshot(&mut tx, bulk_id, &selection, chunk).await?;
         tracing::info!(total, mode = %op.mode, "bulk started");
-        let op = bulk::get(&mut tx, bulk_id).await?.expect("locked above");
         if total == 0 {
-            Step::Finished(bulk::finish(&mut tx, bulk_id, BulkStatus::Completed, None).await?)
+            bulk::finish(&mut tx, bulk_id, BulkStatus::Completed, None).await?
+        } else if op.mode == BulkMode::Atomic {
+            // All or nothing: in the snapshot's transaction, never in chunks.
+            atomic(&mut tx, &op, job, &request).await?
         } else {
-            Step::Progressed(op)
+            bulk::get(&mut tx, bulk_id).await?.expect("locked above")
         }
     } else if op.mode == BulkMode::Atomic {
-        Step::Finished(atomic(&mut tx, &op, job, &request).await?)
+        atomic(&mut tx, &op, job, &request).await?
+    } else if chunks_left == 0 {
+        bulk::finish(&mut tx, bulk_id, BulkStatus::Completed, None).await?
     } else {
-        if let Some(next) = bulk::next_chunk(&mut tx, bulk_id).await? {
-            match apply_chunk(&mut tx, &op, job, &request, &next.items, Some(next.chunk)).await {
-                Ok(op) => Step::Progressed(op),
-                Err(e) if !crate::store::is_transient(&e) => {
-                    // Some order cannot be written: apply this chunk order by order so
-                    // only that one fails and every other order that may move, moves.
-                    tracing::warn!(error = %e, "bulk chunk failed; isolating its orders");
-                    drop(tx);
-                    let latest = isolate(pool, &op, job, &request, &next).await?;
-                    count_orders(&op, &latest);
-                    return Ok(Step::Progressed(latest));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        } else {
-            Step::Finished(bulk::finish(&mut tx, bulk_id, BulkStatus::Completed, None).await?)
-        }
+        return Ok(Control::Chunks(Box::new(request)));
     };
-    let (Step::Progressed(latest) | Step::Finished(latest)) = &step;
-    progress(&mut tx, latest).await?;
+    progress(&mut tx, &latest).await?;
     tx.commit().await?;
-    count_orders(&op, latest);
-    Ok(step)
+    count_orders(moved_between(&op, &latest));
+    Ok(if latest.status.is_terminal() {
+        Control::Finished(latest)
+    } else {
+        Control::Chunks(Box::new(request))
+    })
 }
 
-/// Count, for `/metrics`, the orders a committed step moved to an outcome.
-fn count_orders(before: &BulkOp, after: &BulkOp) {
-    let moved = [
+/// Claim the next chunk of bulk `job` that no other transaction holds and apply it,
+/// `request` to each of its orders, in one transaction with its outcomes, the counters and
+/// a progress event. A chunk that cannot be written whole is applied order by order
+/// instead, so that only the order that cannot be written fails.
+#[tracing::instrument(skip_all, fields(bulk_id = ?job.bulk_id), err)]
+pub async fn apply_next(
+    pool: &PgPool,
+    job: &Job,
+    request: &ChangeCommand,
+) -> Result<Lane, StepError> {
+    let bulk_id = bulk_id(job)?;
+    let mut tx = pool.begin().await?;
+    let Some(next) = bulk::claim_chunk(&mut tx, bulk_id).await? else {
+        return Ok(Lane::Drained);
+    };
+    let Some(op) = bulk::get(&mut tx, bulk_id).await? else {
+        return Err(StepError::Unreadable(
+            "the bulk operation does not exist".into(),
+        ));
+    };
+    if op.status != BulkStatus::Running || op.cancel_requested {
+        return Ok(Lane::Drained);
+    }
+    match apply_chunk(&mut tx, &op, job, request, &next.items, Some(next.chunk)).await {
+        Ok((latest, outcomes)) => {
+            progress(&mut tx, &latest).await?;
+            tx.commit().await?;
+            count_orders(tally(&outcomes));
+            tracing::debug!(
+                chunk = next.chunk,
+                applied = latest.applied,
+                rejected = latest.rejected,
+                pending = latest.pending(),
+                "bulk chunk committed"
+            );
+        }
+        Err(e) if !crate::store::is_transient(&e) => {
+            // Some order cannot be written: apply this chunk order by order so only that
+            // one fails and every other order that may move, moves.
+            tracing::warn!(error = %e, chunk = next.chunk, "bulk chunk failed; isolating its orders");
+            drop(tx);
+            isolate(pool, &op, job, request, &next).await?;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(Lane::Worked)
+}
+
+/// Orders that reached each outcome.
+type Moved = [(ItemOutcome, i32); 4];
+
+fn moved_between(before: &BulkOp, after: &BulkOp) -> Moved {
+    [
         (ItemOutcome::Applied, after.applied - before.applied),
         (ItemOutcome::Rejected, after.rejected - before.rejected),
         (ItemOutcome::Failed, after.failed - before.failed),
         (ItemOutcome::Skipped, after.skipped - before.skipped),
-    ];
+    ]
+}
+
+fn tally(outcomes: &[ItemRecord]) -> Moved {
+    [
+        ItemOutcome::Applied,
+        ItemOutcome::Rejected,
+        ItemOutcome::Failed,
+        ItemOutcome::Skipped,
+    ]
+    .map(|o| (o, outcomes.iter().filter(|i| i.outcome == o).count() as i32))
+}
+
+/// Count, for `/metrics`, the orders a committed transaction moved to an outcome.
+fn count_orders(moved: Moved) {
     for (outcome, n) in moved {
         if n > 0 {
             ::metrics::counter!(crate::metrics::BULK_ORDERS, "outcome" => outcome.as_str())
@@ -119,7 +197,8 @@ fn count_orders(before: &BulkOp, after: &BulkOp) {
 }
 
 /// Apply `items` (best effort): every order that may move, moves; the rest get their reason.
-/// With `done`, these are the last items of that chunk.
+/// With `done`, these are the last items of that chunk. Returns the bulk as updated, and
+/// the outcomes.
 async fn apply_chunk(
     conn: &mut PgConnection,
     op: &BulkOp,
@@ -127,7 +206,7 @@ async fn apply_chunk(
     request: &ChangeCommand,
     items: &[(i32, Uuid)],
     done: Option<i32>,
-) -> sqlx::Result<BulkOp> {
+) -> sqlx::Result<(BulkOp, Vec<ItemRecord>)> {
     let ids: Vec<Uuid> = items.iter().map(|(_, id)| *id).collect();
     let mut batch = Batch::load(conn, &ids, true).await?;
     let actor = Actor {
@@ -141,51 +220,82 @@ async fn apply_chunk(
         })
         .collect();
     batch.write(conn, &[]).await?;
-    bulk::record(conn, op.id, &outcomes, done).await
+    let latest = bulk::record(conn, op.id, &outcomes, done).await?;
+    Ok((latest, outcomes))
+}
+
+/// Whether `item` of `chunk` still needs applying, with the chunk locked for the rest of
+/// the transaction: another transaction may have claimed the chunk in between (see
+/// [`isolate`]).
+async fn still_pending(
+    conn: &mut PgConnection,
+    bulk_id: Uuid,
+    chunk: i32,
+    item: (i32, Uuid),
+) -> sqlx::Result<bool> {
+    Ok(bulk::lock_chunk(conn, bulk_id, chunk).await?
+        && bulk::item_pending(conn, bulk_id, item.0, item.1).await?)
 }
 
 /// Apply a chunk's items one per transaction; an item that cannot be written is recorded
 /// `failed`. The chunk is finished in the last transaction, with the progress event.
+///
+/// The chunk is not held between these transactions: another one may claim it (and, if
+/// it fails the same way, isolate it too). Each transaction therefore locks the chunk and
+/// applies its item only if it is still pending.
 async fn isolate(
     pool: &PgPool,
     op: &BulkOp,
     job: &Job,
     request: &ChangeCommand,
     chunk: &bulk::Chunk,
-) -> sqlx::Result<BulkOp> {
-    // From here on some of the chunk's items may have outcomes: a resumed bulk checks them.
+) -> sqlx::Result<()> {
+    // From here on some of the chunk's items may have outcomes: whoever claims it checks them.
     let mut tx = pool.begin().await?;
+    if !bulk::lock_chunk(&mut tx, op.id, chunk.chunk).await? {
+        return Ok(());
+    }
     bulk::mark_partial(&mut tx, op.id, chunk.chunk).await?;
     tx.commit().await?;
-    for item in &chunk.items {
+    for &item in &chunk.items {
         let mut tx = pool.begin().await?;
-        bulk::lock(&mut tx, op.id).await?;
-        match apply_chunk(&mut tx, op, job, request, std::slice::from_ref(item), None).await {
-            Ok(_) => tx.commit().await?,
+        if !still_pending(&mut tx, op.id, chunk.chunk, item).await? {
+            continue;
+        }
+        match apply_chunk(&mut tx, op, job, request, &[item], None).await {
+            Ok((_, outcomes)) => {
+                tx.commit().await?;
+                count_orders(tally(&outcomes));
+            }
             Err(e) if crate::store::is_transient(&e) => return Err(e),
             Err(e) => {
                 drop(tx);
                 tracing::error!(order_id = %item.1, error = %e, "order cannot be written; recorded as failed");
                 let mut tx = pool.begin().await?;
-                let failed = ItemRecord {
+                if !still_pending(&mut tx, op.id, chunk.chunk, item).await? {
+                    continue;
+                }
+                let failed = [ItemRecord {
                     position: item.0,
                     order_id: item.1,
                     outcome: ItemOutcome::Failed,
                     code: Some("apply_failed".into()),
                     from: None,
                     to: None,
-                };
-                bulk::record(&mut tx, op.id, &[failed], None).await?;
+                }];
+                bulk::record(&mut tx, op.id, &failed, None).await?;
                 tx.commit().await?;
+                count_orders(tally(&failed));
             }
         }
     }
     let mut tx = pool.begin().await?;
-    bulk::lock(&mut tx, op.id).await?;
-    let latest = bulk::record(&mut tx, op.id, &[], Some(chunk.chunk)).await?;
-    progress(&mut tx, &latest).await?;
-    tx.commit().await?;
-    Ok(latest)
+    if bulk::lock_chunk(&mut tx, op.id, chunk.chunk).await? {
+        let latest = bulk::record(&mut tx, op.id, &[], Some(chunk.chunk)).await?;
+        progress(&mut tx, &latest).await?;
+        tx.commit().await?;
+    }
+    Ok(())
 }
 
 /// Apply every item or none: one transaction; any rejection writes no change at all.
