@@ -140,6 +140,16 @@ pub async fn apply_next(
         return Ok(Lane::Drained);
     }
     match apply_chunk(&mut tx, &op, job, request, &next.items, Some(next.chunk)).await {
+        Ok((latest, _)) if latest.cancel_requested => {
+            // A cancel committed before this chunk's counters took the bulk's row: it may
+            // have been answered already, and no chunk commits after that. Nothing of
+            // this one is kept (a cancel that comes later waits for this commit).
+            tracing::debug!(
+                chunk = next.chunk,
+                "bulk cancelled; chunk in hand rolled back"
+            );
+            return Ok(Lane::Drained);
+        }
         Ok((latest, outcomes)) => {
             progress(&mut tx, &latest).await?;
             tx.commit().await?;
@@ -263,6 +273,8 @@ async fn isolate(
             continue;
         }
         match apply_chunk(&mut tx, op, job, request, &[item], None).await {
+            // Cancelled meanwhile (see `apply_next`): the rest is skipped by `control`.
+            Ok((latest, _)) if latest.cancel_requested => return Ok(()),
             Ok((_, outcomes)) => {
                 tx.commit().await?;
                 count_orders(tally(&outcomes));
