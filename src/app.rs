@@ -138,7 +138,7 @@ fn ingress_parts(
         },
         limits,
         admission: admission.clone(),
-        intake: crate::orders::intake::Intake::start(pool.clone()),
+        intake: crate::orders::intake::Intake::start(pool.clone(), publisher.clone()),
     };
     let health = health::IngressHealth {
         publisher,

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 use tokio::sync::oneshot;
-use tracing::Instrument;
+use tracing::{Instrument, Span};
 use uuid::Uuid;
 
 /// RabbitMQ's pseudo-queue for direct reply-to: replies come back on the publishing channel.
@@ -28,7 +28,7 @@ pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 const PERSISTENT: u8 = 2;
 
 /// Why a message was not durably accepted by the broker. Callers answer 503.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PublishError {
     #[error("broker unavailable: {0}")]
     Unavailable(String),
@@ -44,6 +44,24 @@ impl From<lapin::Error> for PublishError {
     fn from(e: lapin::Error) -> Self {
         PublishError::Unavailable(e.to_string())
     }
+}
+
+fn first_job(msg: &JobMessage) -> Uuid {
+    msg.jobs.first().map(|j| j.id).unwrap_or_default()
+}
+
+/// A job publish's span (a producer hop; none while spans are not exported).
+fn publish_span(queue: &str, job_id: Uuid) -> Span {
+    crate::telemetry::hop(|| {
+        tracing::info_span!(
+            "publish job",
+            otel.name = %format_args!("publish {queue}"),
+            otel.kind = "producer",
+            messaging.system = "rabbitmq",
+            messaging.destination.name = %queue,
+            job_id = %job_id,
+        )
+    })
 }
 
 /// Turn a confirmation into success or the reason it is not one.
@@ -191,26 +209,26 @@ impl JobPublisher {
         }
     }
 
-    /// Publish a job and wait for the broker's confirm. With `reply`, the worker answers on
-    /// direct reply-to once the job's outcome is committed. `customer_id` (the order's
-    /// owner) lets workers apply per-customer rate limits.
+    /// Publish one job and wait for the broker's confirm, in a producer span of its own.
+    /// `actor` and `traceparent` go in the message's headers (the job's row has both).
     pub async fn publish(
         &self,
         msg: &JobMessage,
-        actor: &Actor,
-        customer_id: Option<Uuid>,
+        actor: Option<&Actor>,
         traceparent: Option<&str>,
-        reply: bool,
     ) -> Result<(), PublishError> {
-        self.publish_to(
-            &self.names.jobs,
-            msg,
-            actor,
-            customer_id,
-            traceparent,
-            reply,
-        )
-        .await
+        let span = publish_span(&self.names.jobs, first_job(msg));
+        self.publish_to(&self.names.jobs, msg, actor, traceparent)
+            .instrument(span)
+            .await
+    }
+
+    /// Publish the jobs of concurrent submissions in one message and wait for the
+    /// broker's confirm. A job with `reply` is answered on direct reply-to once its outcome
+    /// is committed (register with [`Self::expect_reply`] first). Each submitter waits for
+    /// this publish in its own span ([`Self::publish_span`]).
+    pub async fn publish_group(&self, msg: &JobMessage) -> Result<(), PublishError> {
+        self.publish_to(&self.names.jobs, msg, None, None).await
     }
 
     /// Publish a bulk job to the bulk queue, confirmed like any job.
@@ -220,7 +238,9 @@ impl JobPublisher {
         actor: &Actor,
         traceparent: Option<&str>,
     ) -> Result<(), PublishError> {
-        self.publish_to(&self.names.bulk, msg, actor, None, traceparent, false)
+        let span = publish_span(&self.names.bulk, first_job(msg));
+        self.publish_to(&self.names.bulk, msg, Some(actor), traceparent)
+            .instrument(span)
             .await
     }
 
@@ -228,22 +248,16 @@ impl JobPublisher {
         &self,
         queue: &str,
         msg: &JobMessage,
-        actor: &Actor,
-        customer_id: Option<Uuid>,
+        actor: Option<&Actor>,
         traceparent: Option<&str>,
-        reply: bool,
     ) -> Result<(), PublishError> {
         let session = self.session().await?;
         let body = serde_json::to_vec(msg).expect("job message serializes");
         let mut headers = FieldTable::default();
-        headers.insert(
-            "actor".into(),
-            AMQPValue::LongString(format!("{}:{}", actor.role, actor.id).into()),
-        );
-        if let Some(customer_id) = customer_id {
+        if let Some(actor) = actor {
             headers.insert(
-                "customer_id".into(),
-                AMQPValue::LongString(customer_id.to_string().into()),
+                "actor".into(),
+                AMQPValue::LongString(format!("{}:{}", actor.role, actor.id).into()),
             );
         }
         if let Some(traceparent) = traceparent {
@@ -253,23 +267,13 @@ impl JobPublisher {
             );
         }
         let mut props = BasicProperties::default()
-            .with_message_id(msg.job_id.to_string().into())
+            .with_message_id(first_job(msg).to_string().into())
             .with_content_type("application/json".into())
             .with_delivery_mode(PERSISTENT)
             .with_headers(headers);
-        if reply {
+        if msg.jobs.iter().any(|j| j.reply) {
             props = props.with_reply_to(DIRECT_REPLY_TO.into());
         }
-        let span = crate::telemetry::hop(|| {
-            tracing::info_span!(
-                "publish job",
-                otel.name = %format_args!("publish {queue}"),
-                otel.kind = "producer",
-                messaging.system = "rabbitmq",
-                messaging.destination.name = %queue,
-                job_id = %msg.job_id,
-            )
-        });
         let outcome = tokio::time::timeout(self.timeout, async {
             let confirm = session
                 .channel
@@ -286,7 +290,6 @@ impl JobPublisher {
                 .await?;
             check(confirm.await?, queue)
         })
-        .instrument(span)
         .await
         .unwrap_or(Err(PublishError::Timeout(self.timeout)));
         if outcome.is_err() {
@@ -294,6 +297,12 @@ impl JobPublisher {
             *self.session.lock().await = None;
         }
         outcome
+    }
+
+    /// The span of a job's publish on the job queue, for a request that waits for the
+    /// publish of the group its job is in.
+    pub fn publish_span(&self, job_id: Uuid) -> Span {
+        publish_span(&self.names.jobs, job_id)
     }
 
     /// Can a job be published right now? (For `/readyz`.)

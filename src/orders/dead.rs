@@ -4,8 +4,8 @@
 //! broker does not confirm ([`publish_or_compensate`]).
 
 use super::submit::publish_or_compensate;
-use crate::broker::JobMessage;
 use crate::broker::publisher::JobPublisher;
+use crate::broker::{JobMessage, JobRef};
 use crate::domain::{Actor, JobKind};
 use crate::http::ApiError;
 use crate::store::jobs::{self, Job};
@@ -51,11 +51,12 @@ pub async fn redrive(
     };
     let published = publisher
         .publish(
-            &JobMessage { job_id: id },
-            &submitter,
-            customer,
+            &JobMessage::one(JobRef {
+                customer_id: customer,
+                ..JobRef::new(id)
+            }),
+            Some(&submitter),
             job.traceparent.as_deref(),
-            false,
         )
         .await;
     publish_or_compensate(pool, "redrive_failed", published, async |conn, error| {

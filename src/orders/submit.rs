@@ -1,13 +1,13 @@
 //! Submitting a change of one order: the job row is recorded — with concurrent
 //! submissions, in one statement that also checks the order is visible ([`super::intake`])
-//! — (or, for a repeated `Idempotency-Key`, the first one is found), then the job message is published and the
-//! broker's confirm awaited — a 202 only for a durably queued job. If the broker does not
+//! — (or, for a repeated `Idempotency-Key`, the first one is found), then the job message
+//! (with the other jobs of that statement) is published and the broker's confirm awaited —
+//! a 202 only for a durably queued job. If the broker does not
 //! confirm, the record is undone ([`publish_or_compensate`], shared with bulk and redrive).
 
 use super::command::ChangeCommand;
-use super::intake::{Entry, Intake, OwnedJob};
+use super::intake::{Entry, Intake, OwnedJob, Recorded};
 use super::read::OrderView;
-use crate::broker::JobMessage;
 use crate::broker::publisher::{JobPublisher, PublishError, ReplyWaiter};
 use crate::domain::{Actor, JobKind, JobStatus, RejectCode, Rejection, machine};
 use crate::http::ApiError;
@@ -15,6 +15,7 @@ use crate::store::jobs::{self, Job, OrderJob};
 use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool};
 use std::time::Duration;
+use tracing::Instrument;
 use uuid::Uuid;
 
 /// One change-status request, parsed.
@@ -85,6 +86,8 @@ pub async fn submit_change(
     let payload = serde_json::to_value(&s.command).expect("a command serializes");
     let job_id = Uuid::now_v7();
     tracing::Span::current().record("job_id", tracing::field::display(job_id));
+    // Registered before the publish, so no reply is missed.
+    let waiter = s.wait.map(|_| publisher.expect_reply(job_id));
     let entry = Entry {
         job: OwnedJob {
             id: job_id,
@@ -95,27 +98,25 @@ pub async fn submit_change(
             traceparent: s.traceparent,
         },
         sees_all: actor.role.sees_all_orders(),
+        reply: waiter.is_some(),
     };
-    let (entry, recorded) = intake.record(entry).await?;
-    let (job, customer_id) = match recorded {
-        OrderJob::Inserted {
-            customer_id,
-            created_at,
-        } => (Job::queued(&entry.job.as_new(), created_at), customer_id),
-        OrderJob::NotVisible => return Err(ApiError::NotFound("order")),
-        OrderJob::KeyUsed => return replay(pool, &entry.job).await,
+    let Recorded {
+        entry,
+        outcome,
+        queued,
+    } = intake.record(entry).await?;
+    let (job, queued) = match (outcome, queued) {
+        (OrderJob::Inserted { created_at, .. }, Some(queued)) => {
+            (Job::queued(&entry.job.as_new(), created_at), queued)
+        }
+        (OrderJob::KeyUsed, _) => return replay(pool, &entry.job).await,
+        _ => return Err(ApiError::NotFound("order")),
     };
 
-    let waiter = s.wait.map(|_| publisher.expect_reply(job_id));
-    let msg = JobMessage { job_id };
-    let published = publisher
-        .publish(
-            &msg,
-            &actor,
-            Some(customer_id),
-            job.traceparent.as_deref(),
-            waiter.is_some(),
-        )
+    // Published with the other jobs of its batch (see `intake`).
+    let published = queued
+        .confirmed()
+        .instrument(publisher.publish_span(job_id))
         .await;
     publish_or_compensate(pool, "not_queued", published, async |conn, error| {
         jobs::abandon_unqueued(conn, job_id, error).await

@@ -48,11 +48,21 @@ impl Worker {
                 anyhow::bail!("bulk consumer stream ended (channel closed)")
             };
             match JobDelivery::parse(delivery.context("receiving a bulk delivery")?) {
-                Ok(job) => self.run_bulk(&control, job, shutdown).await?,
+                Ok(mut jobs) if jobs.len() == 1 => {
+                    let job = jobs.pop().expect("one job");
+                    self.run_bulk(&control, job, shutdown).await?
+                }
+                Ok(jobs) => {
+                    let delivery = jobs[0].delivery.clone();
+                    let why = "a bulk message carries one job";
+                    tracing::error!(jobs = jobs.len(), why, "parking a bulk message");
+                    retry::park_unreadable(&control, &self.names, &delivery, why).await?;
+                    delivery.acker.ack(BasicAckOptions::default()).await?;
+                }
                 Err(unreadable) => {
                     let (delivery, why) = *unreadable;
                     tracing::error!(%why, "parking an unreadable bulk message");
-                    retry::park(&control, &self.names, &delivery, 1, &why).await?;
+                    retry::park_unreadable(&control, &self.names, &delivery, &why).await?;
                     delivery.acker.ack(BasicAckOptions::default()).await?;
                 }
             }
@@ -93,7 +103,7 @@ impl Worker {
             Run::Failed(why) => {
                 tracing::error!(%why, "bulk cannot be worked; failing it");
                 bulk::fail(&mut *self.pool.acquire().await?, &job, &why).await?;
-                retry::park(control, &self.names, &d.delivery, d.attempt, &why).await?;
+                retry::park(control, &self.names, &d, &why).await?;
             }
         }
         d.delivery.acker.ack(BasicAckOptions::default()).await?;

@@ -1,9 +1,11 @@
-//! A job delivery as the worker sees it: the job id plus what the headers say about its
-//! history (attempt number, broker redeliveries, the customer for rate limiting).
+//! A job delivery as the worker sees it: each job of the message (a message may carry the
+//! jobs of several submissions, see [`JobMessage`]) with what the headers say about its
+//! history (attempt number, broker redeliveries) and the delivery it came in.
 
-use crate::broker::JobMessage;
+use crate::broker::{JobMessage, JobRef};
 use lapin::message::Delivery;
 use lapin::types::AMQPValue;
+use std::sync::Arc;
 use uuid::Uuid;
 
 /// Our attempt counter, carried from one delay queue to the next.
@@ -15,6 +17,7 @@ pub const CUSTOMER_HEADER: &str = "customer_id";
 /// Set by quorum queues on every redelivery.
 const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 
+/// One job of a delivery.
 pub struct JobDelivery {
     pub job_id: Uuid,
     /// 1 for the first attempt; bumped each time the job goes through a delay queue.
@@ -22,7 +25,11 @@ pub struct JobDelivery {
     /// How often the broker delivered this very message before (consumer crashes).
     pub redeliveries: u32,
     pub customer_id: Option<Uuid>,
-    pub delivery: Delivery,
+    /// The submitter waits for a reply (on the delivery's `reply_to`).
+    pub reply: bool,
+    /// The delivery this job came in, shared with the other jobs of its message: it is
+    /// settled once all of them are.
+    pub delivery: Arc<Delivery>,
 }
 
 fn header<'a>(d: &'a Delivery, name: &str) -> Option<&'a AMQPValue> {
@@ -42,9 +49,15 @@ fn as_u32(v: &AMQPValue) -> Option<u32> {
     }
 }
 
+/// How many jobs a delivery carries (1 if it cannot be read: it is parked whole).
+pub fn job_count(delivery: &Delivery) -> usize {
+    serde_json::from_slice::<JobMessage>(&delivery.data).map_or(1, |m| m.jobs.len())
+}
+
 impl JobDelivery {
-    /// Read a delivery; `Err` carries the delivery back with why it is unreadable.
-    pub fn parse(delivery: Delivery) -> Result<Self, Box<(Delivery, String)>> {
+    /// Read a delivery into its jobs; `Err` carries the delivery back with why it is
+    /// unreadable.
+    pub fn parse(delivery: Delivery) -> Result<Vec<Self>, Box<(Delivery, String)>> {
         let msg: JobMessage = match serde_json::from_slice(&delivery.data) {
             Ok(m) => m,
             Err(e) => {
@@ -61,18 +74,38 @@ impl JobDelivery {
         let redeliveries = header(&delivery, DELIVERY_COUNT_HEADER)
             .and_then(as_u32)
             .unwrap_or(0);
-        let customer_id = match header(&delivery, CUSTOMER_HEADER) {
+        // A message of the first form carries its customer in a header, and wants a reply
+        // when it has a `reply_to`.
+        let customer_header = match header(&delivery, CUSTOMER_HEADER) {
             Some(AMQPValue::LongString(s)) => std::str::from_utf8(s.as_bytes())
                 .ok()
                 .and_then(|s| s.parse().ok()),
             _ => None,
         };
-        Ok(JobDelivery {
-            job_id: msg.job_id,
-            attempt,
-            redeliveries,
-            customer_id,
-            delivery,
-        })
+        let replies = delivery.properties.reply_to().is_some();
+        let first_form = msg.first_form;
+        let delivery = Arc::new(delivery);
+        Ok(msg
+            .jobs
+            .into_iter()
+            .map(|job| JobDelivery {
+                job_id: job.id,
+                attempt,
+                redeliveries,
+                customer_id: job.customer_id.or(customer_header),
+                reply: replies && (job.reply || first_form),
+                delivery: delivery.clone(),
+            })
+            .collect())
+    }
+
+    /// The message carrying this job alone (for its delay queue or the dead queue).
+    pub fn alone(&self) -> Vec<u8> {
+        let msg = JobMessage::one(JobRef {
+            id: self.job_id,
+            customer_id: self.customer_id,
+            reply: self.reply,
+        });
+        serde_json::to_vec(&msg).expect("job message serializes")
     }
 }

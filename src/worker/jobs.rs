@@ -3,7 +3,7 @@
 //! a dead one, answer a waiting ingress on direct reply-to.
 
 use super::Worker;
-use super::delivery::JobDelivery;
+use super::delivery::{self, JobDelivery};
 use super::retry::{self, Disposition};
 use crate::orders::apply::{self, Outcome, Report};
 use anyhow::Context;
@@ -46,7 +46,8 @@ impl Worker {
         Ok(())
     }
 
-    /// Add deliveries that arrive within the batch window, up to the batch size.
+    /// Add deliveries that arrive within the batch window, up to the batch size in jobs
+    /// (a message may carry several).
     async fn gather(
         &self,
         consumer: &mut Consumer,
@@ -54,9 +55,14 @@ impl Worker {
     ) -> anyhow::Result<()> {
         let deadline =
             tokio::time::Instant::now() + Duration::from_millis(self.cfg.worker_batch_wait_ms);
-        while batch.len() < self.cfg.worker_batch_size {
+        let mut jobs: usize = batch.iter().map(delivery::job_count).sum();
+        while jobs < self.cfg.worker_batch_size {
             match tokio::time::timeout_at(deadline, consumer.next()).await {
-                Ok(Some(d)) => batch.push(d.context("receiving a delivery")?),
+                Ok(Some(d)) => {
+                    let d = d.context("receiving a delivery")?;
+                    jobs += delivery::job_count(&d);
+                    batch.push(d);
+                }
                 Ok(None) => anyhow::bail!("consumer stream ended (channel closed)"),
                 Err(_) => break,
             }
@@ -94,9 +100,9 @@ impl Worker {
         self.settle(control, &jobs, &report).await
     }
 
-    /// The deliveries worth applying. Unreadable messages, and jobs whose consumers keep
+    /// The jobs worth applying. Unreadable messages, and messages whose consumers keep
     /// dying on them, are parked in the dead queue here (before the broker's own
-    /// redelivery limit would drop them).
+    /// redelivery limit would drop them), the latter job by job.
     async fn triage(
         &self,
         control: &Channel,
@@ -105,22 +111,28 @@ impl Worker {
         let mut jobs = Vec::with_capacity(batch.len());
         for delivery in batch {
             match JobDelivery::parse(delivery) {
-                Ok(job) if job.redeliveries + 1 >= self.names.retry.delivery_limit => {
+                Ok(parsed) if parsed[0].redeliveries + 1 >= self.names.retry.delivery_limit => {
                     let why = format!(
                         "delivered {} times without being settled",
-                        job.redeliveries + 1
+                        parsed[0].redeliveries + 1
                     );
-                    tracing::error!(job_id = %job.job_id, %why, "parking a job that crashes its workers");
-                    retry::park(control, &self.names, &job.delivery, job.attempt, &why).await?;
-                    self.record_failure(job.job_id, job.attempt, Disposition::Dead, &why)
-                        .await;
-                    job.delivery.acker.ack(BasicAckOptions::default()).await?;
+                    for job in &parsed {
+                        tracing::error!(job_id = %job.job_id, %why, "parking a job that crashes its workers");
+                        retry::park(control, &self.names, job, &why).await?;
+                        self.record_failure(job.job_id, job.attempt, Disposition::Dead, &why)
+                            .await;
+                    }
+                    parsed[0]
+                        .delivery
+                        .acker
+                        .ack(BasicAckOptions::default())
+                        .await?;
                 }
-                Ok(job) => jobs.push(job),
+                Ok(parsed) => jobs.extend(parsed),
                 Err(unreadable) => {
                     let (delivery, why) = *unreadable;
                     tracing::error!(%why, "parking an unreadable job message");
-                    retry::park(control, &self.names, &delivery, 1, &why).await?;
+                    retry::park_unreadable(control, &self.names, &delivery, &why).await?;
                     delivery.acker.ack(BasicAckOptions::default()).await?;
                 }
             }
@@ -129,7 +141,7 @@ impl Worker {
     }
 
     /// The database keeps failing: every job of the batch goes to its delay queue (or, out
-    /// of attempts, the dead queue), confirmed before its delivery is acked.
+    /// of attempts, the dead queue), confirmed before the deliveries are acked.
     async fn back_off(
         &self,
         control: &Channel,
@@ -138,14 +150,11 @@ impl Worker {
     ) -> anyhow::Result<()> {
         let why = format!("transient failure: {e}");
         for job in jobs {
-            let disposition =
-                retry::retry_or_park(control, &self.names, &job.delivery, job.attempt, &why)
-                    .await?;
+            let disposition = retry::retry_or_park(control, &self.names, job, &why).await?;
             self.record_failure(job.job_id, job.attempt, disposition, &why)
                 .await;
-            job.delivery.acker.ack(BasicAckOptions::default()).await?;
         }
-        Ok(())
+        ack_through(jobs).await
     }
 
     /// After the commit: park dead jobs, ack every delivery, then wake waiting requests.
@@ -161,19 +170,19 @@ impl Worker {
     ) -> anyhow::Result<()> {
         for (job, (_, outcome)) in jobs.iter().zip(report) {
             if let Outcome::Dead(why) = outcome {
-                retry::park(control, &self.names, &job.delivery, job.attempt, why).await?;
+                retry::park(control, &self.names, job, why).await?;
             }
         }
-        if let Some(last) = jobs
-            .iter()
-            .map(|j| &j.delivery)
-            .max_by_key(|d| d.delivery_tag)
-        {
-            last.acker.ack(BasicAckOptions { multiple: true }).await?;
-        }
+        ack_through(jobs).await?;
         for (job, (job_id, outcome)) in jobs.iter().zip(report) {
             tracing::debug!(%job_id, ?outcome, "job settled");
-            if let Some(reply_to) = job.delivery.properties.reply_to() {
+            if let Some(reply_to) = job
+                .delivery
+                .properties
+                .reply_to()
+                .as_ref()
+                .filter(|_| job.reply)
+            {
                 let props =
                     BasicProperties::default().with_correlation_id(job_id.to_string().into());
                 // A lost reply only makes a waiting client fall back to reading the job.
@@ -199,9 +208,7 @@ impl Worker {
         };
         let why = format!("cannot be applied: {e}");
         let outcome = if crate::store::is_transient(&e) {
-            let disposition =
-                retry::retry_or_park(control, &self.names, &job.delivery, job.attempt, &why)
-                    .await?;
+            let disposition = retry::retry_or_park(control, &self.names, job, &why).await?;
             self.record_failure(job.job_id, job.attempt, disposition, &why)
                 .await;
             Outcome::Deferred
@@ -255,6 +262,20 @@ impl Worker {
 
     #[cfg(not(feature = "fault-injection"))]
     fn after_commit(&self) {}
+}
+
+/// Ack every delivery of these jobs (and, `multiple`, every earlier one of this consumer's
+/// channel: batches of a consumer are settled one after another, each whole, and a
+/// message's jobs are all in one batch).
+async fn ack_through(jobs: &[JobDelivery]) -> anyhow::Result<()> {
+    if let Some(last) = jobs
+        .iter()
+        .map(|j| &j.delivery)
+        .max_by_key(|d| d.delivery_tag)
+    {
+        last.acker.ack(BasicAckOptions { multiple: true }).await?;
+    }
+    Ok(())
 }
 
 async fn apply_with_retries(pool: &PgPool, ids: &[Uuid]) -> sqlx::Result<Report> {

@@ -2,7 +2,7 @@
 //! the dead queue with its reason. The copy is confirmed by the broker before the
 //! original is acked, so a job is never in neither place.
 
-use super::delivery::{ATTEMPT_HEADER, REASON_HEADER};
+use super::delivery::{ATTEMPT_HEADER, JobDelivery, REASON_HEADER};
 use crate::broker::Names;
 use crate::broker::publisher::PublishError;
 use lapin::message::Delivery;
@@ -10,11 +10,13 @@ use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, LongString};
 use lapin::{BasicProperties, Channel, Confirmation};
 
-/// Publish a copy of `delivery` to `queue` with updated headers, and wait for the confirm.
+/// Publish `body` to `queue` with the properties of `delivery` and updated headers, and
+/// wait for the confirm.
 async fn copy_to(
     channel: &Channel,
     queue: &str,
     delivery: &Delivery,
+    body: &[u8],
     attempt: u32,
     reason: &str,
     expiration_ms: Option<u128>,
@@ -42,7 +44,7 @@ async fn copy_to(
                 mandatory: true,
                 ..Default::default()
             },
-            &delivery.data,
+            body,
             props,
         )
         .await?
@@ -66,23 +68,25 @@ pub enum Disposition {
     Dead,
 }
 
-/// Send a job that failed attempt `attempt` to its delay queue, or — out of attempts — to
-/// the dead queue. Delays are jittered (75–100% of the step) so that a burst of failures
-/// does not come back as a burst.
+/// Send a job that failed its attempt to its delay queue, or — out of attempts — to the
+/// dead queue, alone (the other jobs of its message go their own way). Delays are
+/// jittered (75–100% of the step) so that a burst of failures does not come back as a
+/// burst.
 pub async fn retry_or_park(
     channel: &Channel,
     names: &Names,
-    delivery: &Delivery,
-    attempt: u32,
+    job: &JobDelivery,
     reason: &str,
 ) -> Result<Disposition, PublishError> {
+    let attempt = job.attempt;
     if attempt < names.retry.max_attempts {
         let step = names.retry.delay_after(attempt).as_millis();
         let jittered = step * 3 / 4 + (fastrand::u64(0..=(step as u64 / 4)) as u128);
         copy_to(
             channel,
             &names.jobs_retry(attempt),
-            delivery,
+            &job.delivery,
+            &job.alone(),
             attempt + 1,
             reason,
             Some(jittered),
@@ -93,20 +97,49 @@ pub async fn retry_or_park(
             next_attempt: attempt + 1,
         })
     } else {
-        park(channel, names, delivery, attempt, reason).await?;
+        park(channel, names, job, reason).await?;
         Ok(Disposition::Dead)
     }
 }
 
-/// Park a delivery in the dead queue with its reason.
+/// Park a job, alone, in the dead queue with its reason.
 pub async fn park(
     channel: &Channel,
     names: &Names,
-    delivery: &Delivery,
-    attempt: u32,
+    job: &JobDelivery,
     reason: &str,
 ) -> Result<(), PublishError> {
-    copy_to(channel, &names.jobs_dead, delivery, attempt, reason, None).await?;
+    copy_to(
+        channel,
+        &names.jobs_dead,
+        &job.delivery,
+        &job.alone(),
+        job.attempt,
+        reason,
+        None,
+    )
+    .await?;
+    ::metrics::counter!(crate::metrics::JOBS_DEAD).increment(1);
+    Ok(())
+}
+
+/// Park a message that cannot be read as it is, with its reason.
+pub async fn park_unreadable(
+    channel: &Channel,
+    names: &Names,
+    delivery: &Delivery,
+    reason: &str,
+) -> Result<(), PublishError> {
+    copy_to(
+        channel,
+        &names.jobs_dead,
+        delivery,
+        &delivery.data,
+        1,
+        reason,
+        None,
+    )
+    .await?;
     ::metrics::counter!(crate::metrics::JOBS_DEAD).increment(1);
     Ok(())
 }

@@ -2,8 +2,8 @@
 //! died between inserting the job and publishing it, or a message was lost with a broker.
 //! Harmless when the job is in fact queued: the worker's claim makes a duplicate a no-op.
 
-use crate::broker::JobMessage;
 use crate::broker::publisher::JobPublisher;
+use crate::broker::{JobMessage, JobRef};
 use crate::domain::Actor;
 use crate::store::jobs;
 use sqlx::PgPool;
@@ -57,11 +57,12 @@ pub async fn sweep_once(
             };
             publisher
                 .publish(
-                    &JobMessage { job_id: job.id },
-                    &actor,
-                    job.customer_id,
+                    &JobMessage::one(JobRef {
+                        customer_id: job.customer_id,
+                        ..JobRef::new(job.id)
+                    }),
+                    Some(&actor),
                     job.traceparent.as_deref(),
-                    false,
                 )
                 .await?;
         }

@@ -9,8 +9,8 @@ pub use step::{Control, Lane, StepError};
 use super::apply::{Batch, Origin};
 use super::command::{ChangeBody, ChangeCommand};
 use super::submit::publish_or_compensate;
-use crate::broker::JobMessage;
 use crate::broker::publisher::JobPublisher;
+use crate::broker::{JobMessage, JobRef};
 use crate::domain::{Action, Actor, BulkMode, BulkStatus, JobKind, OrderStatus, Role};
 use crate::http::ApiError;
 use crate::store::bulk::{self, BulkOp, NOT_FOUND, NewBulk, Selection};
@@ -210,7 +210,11 @@ pub async fn submit(
     tx.commit().await?;
 
     let published = publisher
-        .publish_bulk(&JobMessage { job_id }, &actor, Some(&traceparent))
+        .publish_bulk(
+            &JobMessage::one(JobRef::new(job_id)),
+            &actor,
+            Some(&traceparent),
+        )
         .await;
     publish_or_compensate(pool, "not_queued", published, async |conn, error| {
         bulk::abandon_unqueued(conn, bulk_id, error).await
