@@ -149,8 +149,8 @@ pub struct IngressConfig {
     #[arg(long, env = "INGRESS_QUEUE_MS", default_value_t = 20)]
     pub ingress_queue_ms: u64,
 
-    /// Admission control: job messages waiting in the queue above which new jobs get 503
-    /// `overloaded` (0: no limit).
+    /// Admission control: jobs waiting in the queue (estimated from the messages ready)
+    /// above which new jobs get 503 `overloaded` (0: no limit).
     #[arg(long, env = "INGRESS_MAX_BACKLOG", default_value_t = 1_000)]
     pub ingress_max_backlog: u32,
 

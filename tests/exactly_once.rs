@@ -210,3 +210,66 @@ fn assert_returns_job(answer: &Answer, first_job: Uuid, what: &str) {
     );
     assert_eq!(uuid_of(&answer.body, "job_id"), first_job, "{what}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_of_several_jobs_applies_each_once_even_redelivered() {
+    let sys = TestSystem::start().await;
+    let admin = Uuid::new_v4();
+    let atok = sys.token("admin", admin);
+    let ctok = sys.token("customer", Uuid::new_v4());
+    let mut orders = Vec::new();
+    for _ in 0..3 {
+        orders.push(sys.create_simple_order(&ctok).await);
+    }
+    // Three recorded jobs that no one has published yet (as the ingress's intake leaves a
+    // statement's jobs), then one message carrying all three, as the intake publishes it.
+    let jobs: Vec<Uuid> = orders.iter().map(|_| Uuid::now_v7()).collect();
+    sqlx::query(
+        "insert into jobs (id, kind, order_id, actor_id, actor_role, payload)
+         select j, 'change_status', o, $3, 'admin', '{\"action\": \"mark_paid\"}'
+         from unnest($1::uuid[], $2::uuid[]) as t(j, o)",
+    )
+    .bind(&jobs)
+    .bind(&orders)
+    .bind(admin)
+    .execute(sys.db())
+    .await
+    .expect("recording the jobs");
+    let message =
+        json!({"jobs": jobs.iter().map(|id| json!({"id": id})).collect::<Vec<_>>()}).to_string();
+    sys.broker()
+        .publish_raw_job_message(message.as_bytes())
+        .await;
+    for job_id in &jobs {
+        let job = sys.wait_job(&atok, *job_id).await;
+        assert_eq!(
+            job["status"], "succeeded",
+            "every job of the message: {job}"
+        );
+    }
+
+    // Redelivered (a lost ack), then a job behind it: the message changes nothing more.
+    sys.broker()
+        .publish_raw_job_message(message.as_bytes())
+        .await;
+    sys.apply(&atok, orders[0], &json!({"action": "confirm"}))
+        .await;
+    for (order, job_id) in orders.iter().zip(&jobs) {
+        let rows = sys
+            .count(
+                "select count(*) from order_status_history where job_id = $1",
+                *job_id,
+            )
+            .await;
+        assert_eq!(rows, 1, "job {job_id} is audited once");
+        let current = sys.order(&atok, *order).await;
+        assert_eq!(current["payment_status"], "paid", "{current}");
+    }
+    let current = sys.order(&atok, orders[0]).await;
+    assert_eq!(
+        (&current["status"], &current["version"]),
+        (&json!("confirmed"), &json!(3)),
+        "paid once, then confirmed: {current}"
+    );
+    sys.stop().await;
+}

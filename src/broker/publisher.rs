@@ -15,6 +15,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
@@ -96,6 +97,9 @@ pub struct JobPublisher {
     timeout: Duration,
     session: tokio::sync::Mutex<Option<Arc<Session>>>,
     waiters: Waiters,
+    /// Jobs per message of the recent publishes (a moving average, `f64` bits): what a
+    /// message in the job queue stands for, for [`Self::ready_jobs`].
+    jobs_per_message: AtomicU64,
 }
 
 /// A registered wait for a job's reply; unregisters itself when dropped.
@@ -133,6 +137,7 @@ impl JobPublisher {
             timeout,
             session: tokio::sync::Mutex::new(None),
             waiters: Arc::default(),
+            jobs_per_message: AtomicU64::new(1f64.to_bits()),
         }
     }
 
@@ -252,6 +257,13 @@ impl JobPublisher {
         traceparent: Option<&str>,
     ) -> Result<(), PublishError> {
         let session = self.session().await?;
+        if queue == self.names.jobs {
+            // A moving average over about the last hundred messages (races lose an update).
+            let mean = f64::from_bits(self.jobs_per_message.load(Ordering::Relaxed));
+            let mean = mean + (msg.jobs.len() as f64 - mean) / 100.0;
+            self.jobs_per_message
+                .store(mean.to_bits(), Ordering::Relaxed);
+        }
         let body = serde_json::to_vec(msg).expect("job message serializes");
         let mut headers = FieldTable::default();
         if let Some(actor) = actor {
@@ -310,7 +322,9 @@ impl JobPublisher {
         self.session().await.map(|_| ())
     }
 
-    /// Messages ready in the job queue (admission control's backlog gate).
+    /// Jobs ready in the job queue (admission control's backlog gate), estimated: a message
+    /// carries the jobs of one intake statement, so the messages ready times the jobs per
+    /// message of this ingress's recent publishes.
     pub async fn ready_jobs(&self) -> Result<u32, PublishError> {
         let session = self.session().await?;
         let mut probe = session.probe.lock().await;
@@ -331,7 +345,10 @@ impl JobPublisher {
         )
         .await
         .map_err(|_| PublishError::Timeout(self.timeout))??;
-        Ok(declared.message_count())
+        let per_message = f64::from_bits(self.jobs_per_message.load(Ordering::Relaxed));
+        let jobs = (f64::from(declared.message_count()) * per_message).ceil();
+        // u32::MAX means "not known" to the gate.
+        Ok(jobs.min(f64::from(u32::MAX - 1)) as u32)
     }
 
     /// Messages ready in each durable job queue, by name (for the operations overview).

@@ -12,7 +12,8 @@
 //!   `Prefer: wait` request gives its slot back once its job is queued ([`Slot::release`]):
 //!   waiting for a worker costs no capacity.
 //! - **backlog** ([`QueueRoom`], requests that queue jobs): refused while the job queue
-//!   holds more than `INGRESS_MAX_BACKLOG` messages ready, sampled every 100 ms. Beyond
+//!   holds more than `INGRESS_MAX_BACKLOG` jobs ready, sampled every 100 ms (messages
+//!   ready × jobs per message, see [`JobPublisher::ready_jobs`]). Beyond
 //!   that, accepting more would only make every job later.
 //!
 //! `/readyz` reports `overloaded` while either gate refuses (see [`Admission::overload`]).
