@@ -29,6 +29,7 @@ pub const HTTP_DURATION: &str = "orderflow_http_request_duration_seconds";
 pub const RATE_LIMITED: &str = "orderflow_rate_limited_total";
 pub const OVERLOAD_REFUSED: &str = "orderflow_overload_refused_total";
 pub const INGRESS_IN_FLIGHT: &str = "orderflow_ingress_requests_in_flight";
+pub const INGRESS_SLOTS_HELD_BACK: &str = "orderflow_ingress_slots_held_back";
 pub const INTAKE_BATCH: &str = "orderflow_ingress_job_insert_batch_size";
 pub const JOBS_ACCEPTED: &str = "orderflow_jobs_accepted_total";
 pub const JOBS_APPLIED: &str = "orderflow_jobs_applied_total";
@@ -78,6 +79,11 @@ fn describe() {
         INGRESS_IN_FLIGHT,
         Unit::Count,
         "API requests holding an admission slot"
+    );
+    describe_gauge!(
+        INGRESS_SLOTS_HELD_BACK,
+        Unit::Count,
+        "admission slots held back while the ingress is refusing requests"
     );
     describe_histogram!(
         INTAKE_BATCH,

@@ -241,3 +241,98 @@ async fn new_jobs_are_refused_while_the_queue_is_too_deep_and_accepted_once_it_d
     );
     sys.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sustained_overload_holds_back_slots_until_it_is_over() {
+    const SLOTS: usize = 4;
+    let sys = TestSystem::start_with_env(&[
+        ("INGRESS_MAX_IN_FLIGHT", "4"),
+        ("INGRESS_QUEUE_MS", "50"),
+        ("RATE_PER_ACTOR", "0"),
+        ("RATE_PER_IP", "0"),
+    ])
+    .await;
+    let admin = sys.token("admin", Uuid::new_v4());
+    let body: Value = serde_json::from_str(MARK_PAID).unwrap();
+    let mut orders = Vec::new();
+    for _ in 0..2 * SLOTS + 1 {
+        orders.push(sys.create_simple_order(&admin).await);
+    }
+    let change = |id: Uuid| {
+        let (sys, admin, body) = (&sys, &admin, &body);
+        async move { sys.change_status(admin, id, body, &[]).await }
+    };
+    let in_flight = |n: usize| {
+        metrics::wait_for(
+            &sys,
+            "orderflow_ingress_requests_in_flight",
+            &[],
+            "(requests holding a slot)",
+            move |v| v == n as f64,
+            Duration::from_secs(10),
+        )
+    };
+    let held_back = |n: usize, what: &'static str| {
+        metrics::wait_for(
+            &sys,
+            "orderflow_ingress_slots_held_back",
+            &[],
+            what,
+            move |v| v == n as f64,
+            Duration::from_secs(10),
+        )
+    };
+
+    // Every slot held (job inserts wait for the lock), then a burst: more than four
+    // refusals per slot within a second is a sustained overload, not a passing one.
+    let lock = hold(&sys, "lock table jobs in share mode").await;
+    let held = futures::future::join_all(orders[..SLOTS].iter().map(|id| change(*id)));
+    let burst = async {
+        in_flight(SLOTS).await;
+        for _ in 0..4 * SLOTS + 1 {
+            let answer = sys
+                .get(&format!("/orders/{}", orders[0]), Some(&admin))
+                .await;
+            expect_overloaded(answer, "a read while every slot is held");
+        }
+        lock.rollback().await.expect("releasing the lock");
+    };
+    let (held, ()) = tokio::join!(held, burst);
+    for answer in held {
+        answer.expect_status(202, "a change that held its slot through the burst");
+    }
+
+    // Three of the four slots are held back as the requests in flight finish: one change
+    // in flight is now all the ingress works on, and the next request is refused.
+    held_back(3, "= 3 after the burst").await;
+    let lock = hold(&sys, "lock table jobs in share mode").await;
+    let one = change(orders[SLOTS]);
+    let refused = async {
+        in_flight(1).await;
+        let answer = sys
+            .get(&format!("/orders/{}", orders[0]), Some(&admin))
+            .await;
+        expect_overloaded(
+            answer,
+            "a read beside the one change in flight, slots held back",
+        );
+        lock.rollback().await.expect("releasing the lock");
+    };
+    let (one, ()) = tokio::join!(one, refused);
+    one.expect_status(202, "the change in the one slot left");
+
+    // A second without refusals: every slot is back.
+    held_back(0, "= 0 once the overload is over").await;
+    let lock = hold(&sys, "lock table jobs in share mode").await;
+    let again = futures::future::join_all(orders[SLOTS + 1..].iter().map(|id| change(*id)));
+    let full = async {
+        in_flight(SLOTS).await;
+        lock.rollback().await.expect("releasing the lock");
+    };
+    let (again, ()) = tokio::join!(again, full);
+    for answer in again {
+        answer.expect_status(202, "all four slots are back");
+    }
+    expect_paid_once(&sys, &orders).await;
+    sys.stop().await;
+}
