@@ -251,10 +251,12 @@ mod tests {
     fn this_process_is_measured_while_it_works() {
         let meter = Meter::new(None);
         let before = meter.sample();
-        // Burn CPU until the kernel's counter for this process has moved (a tick is 10 ms).
+        // Burn CPU until the kernel's counters for this process and for the machine have
+        // both moved (a tick is 10 ms; they tick apart, so one may move before the other).
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut x = 0u64;
-        while Usage::between(&before, &meter.sample()).parts[3] == 0.0 {
+        let moved = |u: Usage| u.parts[3] > 0.0 && u.busy > 0.0;
+        while !moved(Usage::between(&before, &meter.sample())) {
             assert!(Instant::now() < deadline, "no CPU time counted in 10 s");
             for i in 0..100_000u64 {
                 x = x.wrapping_mul(31).wrapping_add(i);
