@@ -283,13 +283,13 @@ async fn a_sustained_overload_holds_back_slots_until_it_is_over() {
         )
     };
 
-    // Every slot held (job inserts wait for the lock), then a burst: more than four
+    // Every slot held (job inserts wait for the lock), then a burst: more than sixteen
     // refusals per slot within a second is a sustained overload, not a passing one.
     let lock = hold(&sys, "lock table jobs in share mode").await;
     let held = futures::future::join_all(orders[..SLOTS].iter().map(|id| change(*id)));
     let burst = async {
         in_flight(SLOTS).await;
-        for _ in 0..4 * SLOTS + 1 {
+        for _ in 0..16 * SLOTS + 1 {
             let answer = sys
                 .get(&format!("/orders/{}", orders[0]), Some(&admin))
                 .await;

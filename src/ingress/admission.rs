@@ -9,7 +9,7 @@
 //!   `INGRESS_QUEUE_MS`, then is refused — or is refused without waiting while the gate
 //!   has refused within the last second (the ingress is overloaded: waiting would end the
 //!   same way, only later, and would hold a timer and a connection meanwhile). While it
-//!   refuses many (four per slot within a second), it also works on a quarter as many
+//!   refuses many (sixteen per slot within a second), it also works on a quarter as many
 //!   requests at once ([`Admission::shrink`]):
 //!   accepted work then leaves the cores to answering the refused requests quickly,
 //!   instead of taking all of them while refusals wait their turn. A
@@ -44,9 +44,15 @@ const BACKLOG_SAMPLE: Duration = Duration::from_millis(100);
 const OVERLOAD_MEMORY: Duration = Duration::from_secs(1);
 
 /// Refusals within one [`OVERLOAD_MEMORY`], per slot, past which the ingress holds back
-/// three quarters of its slots ([`Admission::shrink`]): a sustained overload, not a passing burst at
-/// the edge of capacity (a few hundred refusals a second there on the development box).
-const SHRINK_AFTER_REFUSALS_PER_SLOT: usize = 4;
+/// three quarters of its slots ([`Admission::shrink`]): a sustained overload (thousands a
+/// second), not a passing burst at the edge of capacity (a few hundred there on the
+/// development box).
+const SHRINK_AFTER_REFUSALS_PER_SLOT: usize = 16;
+
+/// The longest the slots stay held back at a time. Past it they are all given back, and
+/// held back again only if refusals pile up again with every slot working: a passing
+/// burst at the edge of capacity costs at most this long at a quarter of it.
+const MAX_HELD_BACK: Duration = Duration::from_secs(3);
 
 /// The two gates' settings.
 #[derive(Debug, Clone, Copy)]
@@ -153,8 +159,8 @@ impl Admission {
     }
 
     /// Hold back three quarters of the slots until the ingress has refused nobody for
-    /// [`OVERLOAD_MEMORY`] (called once refusals within a second pass
-    /// [`SHRINK_AFTER_REFUSALS_PER_SLOT`] per slot). Past its capacity the ingress still
+    /// [`OVERLOAD_MEMORY`], at most [`MAX_HELD_BACK`] (called once refusals within a second
+    /// pass [`SHRINK_AFTER_REFUSALS_PER_SLOT`] per slot). Past its capacity the ingress still
     /// has to answer every request it refuses, on the cores the accepted work uses. On the
     /// 2-core development box, offered 18,000 requests/s against a capacity of 4,500
     /// (`orderflow-bench changes --overload`, the load generator on the same cores), it
@@ -175,9 +181,12 @@ impl Admission {
                 return;
             };
             ::metrics::gauge!(crate::metrics::INGRESS_SLOTS_HELD_BACK).set(held_back as f64);
-            // At least OVERLOAD_MEMORY once taken, and until none was refused for as long.
+            // At least OVERLOAD_MEMORY once taken, and until none was refused for as long
+            // — at most MAX_HELD_BACK.
             let taken = Instant::now();
-            while taken.elapsed() < OVERLOAD_MEMORY || this.refused_lately() {
+            while taken.elapsed() < OVERLOAD_MEMORY
+                || (this.refused_lately() && taken.elapsed() < MAX_HELD_BACK)
+            {
                 tokio::time::sleep(OVERLOAD_MEMORY / 10).await;
             }
             drop(ballast);
