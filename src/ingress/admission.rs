@@ -82,8 +82,6 @@ struct Inner {
     /// window: many of them, not one, make the ingress shrink.
     refusals_in_window: AtomicU32,
     window_ms: AtomicI64,
-    /// When held-back slots were last given back, in ms since `epoch` (-1: never).
-    given_back_ms: AtomicI64,
 }
 
 /// Why a request was refused: the gate's name (a metric label) and the reason in words.
@@ -115,7 +113,6 @@ impl Admission {
             shrunk: AtomicBool::new(false),
             refusals_in_window: AtomicU32::new(0),
             window_ms: AtomicI64::new(0),
-            given_back_ms: AtomicI64::new(-1),
         }))
     }
 
@@ -149,15 +146,7 @@ impl Admission {
             inner.refusals_in_window.store(0, Ordering::Relaxed);
         }
         let refusals = inner.refusals_in_window.fetch_add(1, Ordering::Relaxed) + 1;
-        // Right after slots were given back (at most MAX_HELD_BACK into an overload), a
-        // slot's worth of refusals says the overload goes on: hold them back again at once.
-        let given_back = inner.given_back_ms.load(Ordering::Relaxed);
-        let per_slot = if given_back >= 0 && now - given_back < OVERLOAD_MEMORY.as_millis() as i64 {
-            1
-        } else {
-            SHRINK_AFTER_REFUSALS_PER_SLOT
-        };
-        if refusals as usize > per_slot * inner.settings.max_in_flight {
+        if refusals as usize > SHRINK_AFTER_REFUSALS_PER_SLOT * inner.settings.max_in_flight {
             self.shrink();
         }
         Refusal {
@@ -202,8 +191,6 @@ impl Admission {
             }
             drop(ballast);
             ::metrics::gauge!(crate::metrics::INGRESS_SLOTS_HELD_BACK).set(0.0);
-            let now = this.0.epoch.elapsed().as_millis() as i64;
-            this.0.given_back_ms.store(now, Ordering::Relaxed);
             this.0.shrunk.store(false, Ordering::Release);
         });
     }
