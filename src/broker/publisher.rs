@@ -222,6 +222,7 @@ impl JobPublisher {
         actor: Option<&Actor>,
         traceparent: Option<&str>,
     ) -> Result<(), PublishError> {
+        self.count_jobs_per_message(msg);
         let span = publish_span(&self.names.jobs, first_job(msg));
         self.publish_to(&self.names.jobs, msg, actor, traceparent)
             .instrument(span)
@@ -233,7 +234,17 @@ impl JobPublisher {
     /// is committed (register with [`Self::expect_reply`] first). Each submitter waits for
     /// this publish in its own span ([`Self::publish_span`]).
     pub async fn publish_group(&self, msg: &JobMessage) -> Result<(), PublishError> {
+        self.count_jobs_per_message(msg);
         self.publish_to(&self.names.jobs, msg, None, None).await
+    }
+
+    /// Fold a job-queue message into the moving mean of jobs per message (over about the
+    /// last hundred; a race loses an update).
+    fn count_jobs_per_message(&self, msg: &JobMessage) {
+        let mean = f64::from_bits(self.jobs_per_message.load(Ordering::Relaxed));
+        let mean = mean + (msg.jobs.len() as f64 - mean) / 100.0;
+        self.jobs_per_message
+            .store(mean.to_bits(), Ordering::Relaxed);
     }
 
     /// Publish a bulk job to the bulk queue, confirmed like any job.
@@ -257,13 +268,6 @@ impl JobPublisher {
         traceparent: Option<&str>,
     ) -> Result<(), PublishError> {
         let session = self.session().await?;
-        if queue == self.names.jobs {
-            // A moving average over about the last hundred messages (races lose an update).
-            let mean = f64::from_bits(self.jobs_per_message.load(Ordering::Relaxed));
-            let mean = mean + (msg.jobs.len() as f64 - mean) / 100.0;
-            self.jobs_per_message
-                .store(mean.to_bits(), Ordering::Relaxed);
-        }
         let body = serde_json::to_vec(msg).expect("job message serializes");
         let mut headers = FieldTable::default();
         if let Some(actor) = actor {

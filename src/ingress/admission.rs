@@ -76,7 +76,7 @@ struct Inner {
     /// When a request was last refused for want of a slot, in ms since `epoch` (-1: never).
     last_refused_ms: AtomicI64,
     epoch: Instant,
-    /// Half the slots are held back while refusing (see [`Admission::shrink`]).
+    /// Slots are held back while refusing many (see [`Admission::shrink`]).
     shrunk: AtomicBool,
     /// Refusals for want of a slot since `window_ms` (ms since `epoch`), a one-second
     /// window: many of them, not one, make the ingress shrink.

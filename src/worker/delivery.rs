@@ -49,15 +49,13 @@ fn as_u32(v: &AMQPValue) -> Option<u32> {
     }
 }
 
-/// How many jobs a delivery carries (1 if it cannot be read: it is parked whole).
-pub fn job_count(delivery: &Delivery) -> usize {
-    serde_json::from_slice::<JobMessage>(&delivery.data).map_or(1, |m| m.jobs.len())
-}
+/// A delivery read into its jobs, or given back with why it cannot be read.
+pub type Parsed = Result<Vec<JobDelivery>, Box<(Delivery, String)>>;
 
 impl JobDelivery {
     /// Read a delivery into its jobs; `Err` carries the delivery back with why it is
     /// unreadable.
-    pub fn parse(delivery: Delivery) -> Result<Vec<Self>, Box<(Delivery, String)>> {
+    pub fn parse(delivery: Delivery) -> Parsed {
         let msg: JobMessage = match serde_json::from_slice(&delivery.data) {
             Ok(m) => m,
             Err(e) => {

@@ -3,13 +3,12 @@
 //! a dead one, answer a waiting ingress on direct reply-to.
 
 use super::Worker;
-use super::delivery::{self, JobDelivery};
+use super::delivery::{JobDelivery, Parsed};
 use super::retry::{self, Disposition};
 use crate::orders::apply::{self, Outcome, Report};
 use anyhow::Context;
 use backon::{ExponentialBuilder, Retryable};
 use futures::StreamExt;
-use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicPublishOptions};
 use lapin::{BasicProperties, Channel, Connection, Consumer};
 use serde_json::json;
@@ -36,7 +35,7 @@ impl Worker {
             let Some(first) = first else {
                 anyhow::bail!("consumer stream ended (channel closed)")
             };
-            let mut batch = vec![first.context("receiving a delivery")?];
+            let mut batch = vec![JobDelivery::parse(first.context("receiving a delivery")?)];
             self.gather(&mut consumer, &mut batch).await?;
             // The batch in hand is finished even when shutdown arrives meanwhile.
             self.process(&control, batch).await?;
@@ -46,22 +45,19 @@ impl Worker {
         Ok(())
     }
 
-    /// Add deliveries that arrive within the batch window, up to the batch size in jobs
-    /// (a message may carry several).
-    async fn gather(
-        &self,
-        consumer: &mut Consumer,
-        batch: &mut Vec<Delivery>,
-    ) -> anyhow::Result<()> {
+    /// Add deliveries that arrive within the batch window, read, up to the batch size in
+    /// jobs (a message may carry several; one that cannot be read counts as one).
+    async fn gather(&self, consumer: &mut Consumer, batch: &mut Vec<Parsed>) -> anyhow::Result<()> {
         let deadline =
             tokio::time::Instant::now() + Duration::from_millis(self.cfg.worker_batch_wait_ms);
-        let mut jobs: usize = batch.iter().map(delivery::job_count).sum();
+        let count = |p: &Parsed| p.as_ref().map_or(1, Vec::len);
+        let mut jobs: usize = batch.iter().map(count).sum();
         while jobs < self.cfg.worker_batch_size {
             match tokio::time::timeout_at(deadline, consumer.next()).await {
                 Ok(Some(d)) => {
-                    let d = d.context("receiving a delivery")?;
-                    jobs += delivery::job_count(&d);
-                    batch.push(d);
+                    let parsed = JobDelivery::parse(d.context("receiving a delivery")?);
+                    jobs += count(&parsed);
+                    batch.push(parsed);
                 }
                 Ok(None) => anyhow::bail!("consumer stream ended (channel closed)"),
                 Err(_) => break,
@@ -71,7 +67,7 @@ impl Worker {
     }
 
     /// Apply one batch and settle every delivery in it.
-    async fn process(&self, control: &Channel, batch: Vec<Delivery>) -> anyhow::Result<()> {
+    async fn process(&self, control: &Channel, batch: Vec<Parsed>) -> anyhow::Result<()> {
         let jobs = self.triage(control, batch).await?;
         if jobs.is_empty() {
             return Ok(());
@@ -106,11 +102,11 @@ impl Worker {
     async fn triage(
         &self,
         control: &Channel,
-        batch: Vec<Delivery>,
+        batch: Vec<Parsed>,
     ) -> anyhow::Result<Vec<JobDelivery>> {
         let mut jobs = Vec::with_capacity(batch.len());
-        for delivery in batch {
-            match JobDelivery::parse(delivery) {
+        for parsed in batch {
+            match parsed {
                 Ok(parsed) if parsed[0].redeliveries + 1 >= self.names.retry.delivery_limit => {
                     let why = format!(
                         "delivered {} times without being settled",

@@ -109,18 +109,15 @@ pub async fn park(
     job: &JobDelivery,
     reason: &str,
 ) -> Result<(), PublishError> {
-    copy_to(
+    park_copy(
         channel,
-        &names.jobs_dead,
+        names,
         &job.delivery,
         &job.alone(),
         job.attempt,
         reason,
-        None,
     )
-    .await?;
-    ::metrics::counter!(crate::metrics::JOBS_DEAD).increment(1);
-    Ok(())
+    .await
 }
 
 /// Park a message that cannot be read as it is, with its reason.
@@ -130,12 +127,23 @@ pub async fn park_unreadable(
     delivery: &Delivery,
     reason: &str,
 ) -> Result<(), PublishError> {
+    park_copy(channel, names, delivery, &delivery.data, 1, reason).await
+}
+
+async fn park_copy(
+    channel: &Channel,
+    names: &Names,
+    delivery: &Delivery,
+    body: &[u8],
+    attempt: u32,
+    reason: &str,
+) -> Result<(), PublishError> {
     copy_to(
         channel,
         &names.jobs_dead,
         delivery,
-        &delivery.data,
-        1,
+        body,
+        attempt,
         reason,
         None,
     )
