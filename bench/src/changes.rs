@@ -6,7 +6,9 @@
 //! was accepted but never seen is lost; a job seen with two different seqs was applied
 //! twice. Each step also reports where the machine's CPU went ([`crate::cpu`]).
 //! `--overload` then offers four times the sustainable rate for a while and
-//! watches what is refused, how fast, and how soon latency is back to normal.
+//! watches what is refused, how fast, and how soon latency is back to normal. A refusal's
+//! latency is split in two: how late the benchmark itself sent it (on one box the load
+//! generator competes for the cores it loads) and the round trip from then on.
 
 use crate::events::{Listener, Seen};
 use crate::progress::{Counters, Progress};
@@ -14,7 +16,8 @@ use crate::stats::Latency;
 use crate::system::{self, System, SystemArgs};
 use crate::{cpu, seed, token, yardstick};
 use clap::Args;
-use serde_json::{Value, json};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use serde_json::Value;
 use sqlx::{Connection, PgConnection};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -90,6 +93,9 @@ pub async fn run(args: ChangesArgs) -> anyhow::Result<()> {
 /// One submitted change and its answer.
 struct Shot {
     scheduled: Instant,
+    /// When the benchmark got round to sending it (later than scheduled when the
+    /// benchmark itself is short of CPU).
+    sent: Instant,
     answered: Instant,
     /// HTTP status; None when the request failed without one.
     status: Option<u16>,
@@ -109,14 +115,29 @@ impl Shot {
     fn answer_latency(&self) -> Duration {
         self.answered.saturating_duration_since(self.scheduled)
     }
+
+    /// How much later than scheduled the benchmark sent it: part of
+    /// [`Shot::answer_latency`], and the system's doing only through the cores they share.
+    fn lateness(&self) -> Duration {
+        self.sent.saturating_duration_since(self.scheduled)
+    }
+
+    /// From sent to answered: the rest of [`Shot::answer_latency`].
+    fn round_trip(&self) -> Duration {
+        self.answered.saturating_duration_since(self.sent)
+    }
 }
 
 /// Sends `mark_paid` changes on a schedule and collects every answer.
 struct Driver {
     http: reqwest::Client,
     base: String,
-    token: String,
+    /// `Bearer <admin token>`, built once.
+    auth: HeaderValue,
 }
+
+/// Every request's body.
+const MARK_PAID: &[u8] = br#"{"action":"mark_paid"}"#;
 
 impl Driver {
     /// Send one change per `(order, offset)` at `offset` after now, not waiting for
@@ -131,8 +152,9 @@ impl Driver {
             let request = self
                 .http
                 .post(format!("{}/orders/{order}/change-status", self.base))
-                .bearer_auth(&self.token)
-                .json(&json!({ "action": "mark_paid" }));
+                .header(AUTHORIZATION, self.auth.clone())
+                .header(CONTENT_TYPE, "application/json")
+                .body(MARK_PAID);
             let counters = counters.clone();
             requests.spawn(async move { shoot(request, scheduled, &counters).await });
         }
@@ -147,6 +169,7 @@ impl Driver {
 
 async fn shoot(request: reqwest::RequestBuilder, scheduled: Instant, counters: &Counters) -> Shot {
     Counters::add(&counters.sent);
+    let sent = Instant::now();
     let (status, job, retry_after) = match request.send().await {
         Ok(response) => {
             let status = response.status().as_u16();
@@ -167,6 +190,7 @@ async fn shoot(request: reqwest::RequestBuilder, scheduled: Instant, counters: &
     };
     let shot = Shot {
         scheduled,
+        sent,
         answered: Instant::now(),
         status,
         job,
@@ -289,7 +313,7 @@ async fn bench(system: &System, args: &ChangesArgs) -> anyhow::Result<f64> {
             .timeout(Duration::from_secs(60))
             .build()?,
         base: system.base.clone(),
-        token: token::admin(system::SECRET),
+        auth: HeaderValue::try_from(format!("Bearer {}", token::admin(system::SECRET)))?,
     };
     let listener = Arc::new(Listener::start(system).await?);
     let mut db = PgConnection::connect(&system.db_url).await?;
@@ -346,7 +370,7 @@ async fn bench(system: &System, args: &ChangesArgs) -> anyhow::Result<f64> {
             println!("no sustainable rate among the steps: the burst is based on the first rate");
             args.rates[0]
         });
-        overload(&driver, &listener, &mut db, rate, args).await?;
+        overload(&driver, &listener, &meter, &mut db, rate, args).await?;
     }
     print_jobs(&mut db).await?;
     Ok(best_events_per_sec)
@@ -377,6 +401,7 @@ async fn run_phase(
 async fn overload(
     driver: &Driver,
     listener: &Arc<Listener>,
+    meter: &cpu::Meter,
     db: &mut PgConnection,
     rate: u32,
     args: &ChangesArgs,
@@ -402,7 +427,9 @@ async fn overload(
             (*id, offset)
         })
         .collect();
+    let before = meter.sample();
     let shots = run_phase(driver, listener, "overload".into(), plan, args).await;
+    let used = cpu::Usage::between(&before, &meter.sample());
     let (burst, after) = shots.split_at(n_burst.min(shots.len()));
 
     let f = Figures::of(burst, listener);
@@ -417,12 +444,19 @@ async fn overload(
             "    refused (429/503): {} ({with_retry_after} with Retry-After), answered in {refused_latency}",
             refused.len()
         );
+        let late = Latency::of(refused.iter().map(|s| s.lateness()).collect());
+        let server = Latency::of(refused.iter().map(|s| s.round_trip()).collect());
+        println!("      of that, sent late (the benchmark short of CPU): {late}");
+        println!("      from sent to answered: {server}");
+        print_refusals_per_second(&refused, burst[0].scheduled);
     }
     let all = Figures::of(&shots, listener);
     println!(
         "    accepted in burst and after: {}, lost {}, applied twice {}",
         all.accepted, all.lost, all.duplicated
     );
+    println!("  burst and after:");
+    used.print(shots.len(), "request answered");
 
     let Some(burst_end) = after.first().map(|s| s.scheduled) else {
         return Ok(());
@@ -450,6 +484,24 @@ async fn overload(
         }
     }
     Ok(())
+}
+
+/// The refusals' p99 per second of the burst (by scheduled time): whether slow refusals
+/// come at the start, in spells, or throughout.
+fn print_refusals_per_second(refused: &[&Shot], start: Instant) {
+    let mut seconds: BTreeMap<u64, Vec<Duration>> = BTreeMap::new();
+    for shot in refused {
+        let second = shot.scheduled.saturating_duration_since(start).as_secs();
+        seconds
+            .entry(second)
+            .or_default()
+            .push(shot.answer_latency());
+    }
+    let p99s: Vec<String> = seconds
+        .into_values()
+        .map(|v| format!("{:.0?}", Latency::of(v).p99))
+        .collect();
+    println!("      p99 per second of the burst: {}", p99s.join(" "));
 }
 
 /// One 500 ms window of sends: its start (after the phase's), accept p99 and
