@@ -489,17 +489,12 @@ async fn overload(
 /// The refusals' p99 per second of the burst (by scheduled time): whether slow refusals
 /// come at the start, in spells, or throughout.
 fn print_refusals_per_second(refused: &[&Shot], start: Instant) {
-    let mut seconds: BTreeMap<u64, Vec<Duration>> = BTreeMap::new();
-    for shot in refused {
-        let second = shot.scheduled.saturating_duration_since(start).as_secs();
-        seconds
-            .entry(second)
-            .or_default()
-            .push(shot.answer_latency());
-    }
-    let p99s: Vec<String> = seconds
+    let p99s: Vec<String> = by_window(refused.iter().copied(), start, Duration::from_secs(1))
         .into_values()
-        .map(|v| format!("{:.0?}", Latency::of(v).p99))
+        .map(|shots| {
+            let latencies = shots.iter().map(|s| s.answer_latency()).collect();
+            format!("{:.0?}", Latency::of(latencies).p99)
+        })
         .collect();
     println!("      p99 per second of the burst: {}", p99s.join(" "));
 }
@@ -511,24 +506,40 @@ type Window = (Duration, Option<Duration>, Option<Duration>);
 /// Per 500 ms window from `start` (by scheduled time).
 fn windows_from(shots: &[Shot], listener: &Listener, start: Instant) -> Vec<Window> {
     const WINDOW: Duration = Duration::from_millis(500);
-    let mut windows: BTreeMap<u64, (Vec<Duration>, Vec<Duration>)> = BTreeMap::new();
-    for shot in shots {
-        let index = (shot.scheduled.saturating_duration_since(start).as_millis()
-            / WINDOW.as_millis()) as u64;
-        let w = windows.entry(index).or_default();
-        w.0.push(shot.answer_latency());
-        let seen = shot.job.map_or(Seen::Never, |job| listener.seen(&job));
-        if let Seen::Once(at) | Seen::Twice(at) = seen {
-            w.1.push(at.saturating_duration_since(shot.scheduled));
-        }
-    }
-    windows
+    by_window(shots, start, WINDOW)
         .into_iter()
-        .map(|(i, (accept, e2e))| {
+        .map(|(i, shots)| {
+            let accept: Vec<Duration> = shots.iter().map(|s| s.answer_latency()).collect();
+            let e2e: Vec<Duration> = shots
+                .iter()
+                .filter_map(
+                    |s| match s.job.map_or(Seen::Never, |job| listener.seen(&job)) {
+                        Seen::Once(at) | Seen::Twice(at) => {
+                            Some(at.saturating_duration_since(s.scheduled))
+                        }
+                        Seen::Never => None,
+                    },
+                )
+                .collect();
             let p99 = |v: Vec<Duration>| (!v.is_empty()).then(|| Latency::of(v).p99);
             (WINDOW * i as u32, p99(accept), p99(e2e))
         })
         .collect()
+}
+
+/// `shots` by the `window` of their scheduled time after `start` (its index), in order.
+fn by_window<'a>(
+    shots: impl IntoIterator<Item = &'a Shot>,
+    start: Instant,
+    window: Duration,
+) -> BTreeMap<u64, Vec<&'a Shot>> {
+    let mut windows: BTreeMap<u64, Vec<&Shot>> = BTreeMap::new();
+    for shot in shots {
+        let index =
+            shot.scheduled.saturating_duration_since(start).as_millis() / window.as_millis();
+        windows.entry(index as u64).or_default().push(shot);
+    }
+    windows
 }
 
 /// A step's worst 500 ms for each figure: where a stall shows, and when.
