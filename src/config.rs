@@ -234,7 +234,7 @@ pub struct WorkerConfig {
 /// The outbox relay.
 #[derive(Args, Debug, Clone)]
 pub struct RelayConfig {
-    /// Most outbox rows sequenced and published per round.
+    /// Most outbox rows read and published per round.
     #[arg(long, env = "RELAY_BATCH_SIZE", default_value_t = 2_000)]
     pub relay_batch_size: i64,
 

@@ -1,5 +1,5 @@
-//! An event on its way out: written as an outbox row in the change's transaction, given a
-//! `seq` by the relay, published to `orderflow.events`, streamed by the SSE bridge. The
+//! An event on its way out: written as an outbox row in the change's transaction and
+//! numbered (`seq`) as it commits, published by the relay to `orderflow.events`, streamed by the SSE bridge. The
 //! JSON is the same everywhere (API.md, "Live events").
 
 use crate::domain::{OrderChange, OrderStatus, PaymentStatus, Role};
@@ -121,6 +121,18 @@ pub struct Event {
     /// The W3C trace context of the request that caused the event (AMQP header only).
     pub traceparent: Option<String>,
     pub data: String,
+    /// Which outbox row this is, when read from the outbox (the relay's side); None when
+    /// parsed off the broker.
+    pub stored: Option<EventIdentity>,
+}
+
+/// Which event a seq named when it was sent: the outbox row's id and commit time. After a
+/// failover that lost commits, the same seq (and even the same id: sequences are not
+/// transactional) can name another event; both together cannot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventIdentity {
+    pub id: i64,
+    pub created_at: DateTime<Utc>,
 }
 
 /// The fields of a published event the bridge routes by; the rest stays text.
@@ -161,6 +173,7 @@ impl Event {
             to: head.to.map(Cow::into_owned),
             traceparent: None,
             data: data.to_owned(),
+            stored: None,
         })
     }
 }

@@ -74,12 +74,11 @@ where
     Ok(start.elapsed())
 }
 
-/// Whether the relay has published every outbox row up to `up_to_id`: every such row has
-/// a seq, and the published cursor has passed it.
+/// Whether the relay has published every outbox row up to `up_to_id`: the published
+/// cursor has passed each one's seq.
 pub async fn is_published(conn: &mut PgConnection, up_to_id: i64) -> sqlx::Result<bool> {
     sqlx::query_scalar(
-        "select not exists (select 1 from outbox where seq is null and id <= $1)
-            and not exists (select 1 from outbox
+        "select not exists (select 1 from outbox
                             where seq > (select published_seq from outbox_cursor) and id <= $1)",
     )
     .bind(up_to_id)

@@ -4,7 +4,7 @@
 use super::JobMessage;
 use super::{Names, connect, topology};
 use crate::domain::Actor;
-use crate::event::Event;
+use crate::event::{Event, EventIdentity};
 use futures::StreamExt;
 use futures::future::Either;
 use lapin::Confirmation;
@@ -390,8 +390,43 @@ pub type Sending<'a> =
 /// One publish on its way: queued on the channel, then written, then a confirm to await.
 type Publishing<'a> = futures::future::BoxFuture<'a, lapin::Result<lapin::PublisherConfirm>>;
 
+/// What the relay marker says: the last seq sent and, when it was read from the outbox,
+/// which event that was. Its text is `seq outbox-id commit-time-in-µs` (a marker written
+/// before the identity was recorded holds only the seq).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SentMarker {
+    pub seq: i64,
+    pub event: Option<EventIdentity>,
+}
+
+impl SentMarker {
+    fn parse(text: &str) -> Option<Self> {
+        let mut parts = text.split_whitespace();
+        let seq = parts.next()?.parse().ok()?;
+        let event = match (parts.next(), parts.next(), parts.next()) {
+            (None, _, _) => None,
+            (Some(id), Some(micros), None) => Some(EventIdentity {
+                id: id.parse().ok()?,
+                created_at: chrono::DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+            }),
+            _ => return None,
+        };
+        Some(SentMarker { seq, event })
+    }
+}
+
+impl std::fmt::Display for SentMarker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.seq)?;
+        if let Some(e) = self.event {
+            write!(f, " {} {}", e.id, e.created_at.timestamp_micros())?;
+        }
+        Ok(())
+    }
+}
+
 /// The relay's publisher of events: pipelined publishes, then every confirm awaited.
-/// Each batch is preceded by the relay marker (its last seq), see [`Names::relay_marker`].
+/// Each batch is preceded by the relay marker (its last event), see [`Names::relay_marker`].
 pub struct EventPublisher {
     channel: Channel,
     exchange: String,
@@ -412,9 +447,9 @@ impl EventPublisher {
         })
     }
 
-    /// The highest seq any relay has sent, as the broker remembers it (the marker queue's
+    /// The last event any relay has sent, as the broker remembers it (the marker queue's
     /// one message, looked at and put back). None before the first batch ever.
-    pub async fn sent_high_water(&self, conn: &Connection) -> anyhow::Result<Option<i64>> {
+    pub async fn sent_high_water(&self, conn: &Connection) -> anyhow::Result<Option<SentMarker>> {
         use anyhow::Context as _;
         let peek = conn.create_channel().await?;
         let got = peek
@@ -424,7 +459,7 @@ impl EventPublisher {
             )
             .await
             .context("reading the relay marker")?;
-        let seq = match got {
+        let marker = match got {
             None => None,
             Some(message) => {
                 let text = String::from_utf8_lossy(&message.delivery.data).into_owned();
@@ -436,15 +471,13 @@ impl EventPublisher {
                         ..Default::default()
                     })
                     .await?;
-                Some(
-                    text.trim()
-                        .parse::<i64>()
-                        .with_context(|| format!("the relay marker holds `{text}`, not a seq"))?,
-                )
+                Some(SentMarker::parse(&text).with_context(|| {
+                    format!("the relay marker holds `{text}`, not a seq and an event")
+                })?)
             }
         };
         let _ = peek.close(200, "peeked".into()).await;
-        Ok(seq)
+        Ok(marker)
     }
 
     /// Queue `events` for publishing, in order, before returning; the returned future
@@ -461,7 +494,11 @@ impl EventPublisher {
             // The marker first: a seq is "used" once it may have left, so the broker's
             // memory is never behind what consumers could have seen.
             if let Some(last) = events.last() {
-                let mut mark = Box::pin(self.publish_marker(last.seq));
+                let marker = SentMarker {
+                    seq: last.seq,
+                    event: last.stored,
+                };
+                let mut mark = Box::pin(self.publish_marker(marker));
                 sends.push(match futures::poll!(mark.as_mut()) {
                     Poll::Ready(sent) => Either::Left(std::future::ready(sent)),
                     Poll::Pending => Either::Right(mark),
@@ -489,11 +526,11 @@ impl EventPublisher {
         }
     }
 
-    fn publish_marker(&self, seq: i64) -> Publishing<'_> {
+    fn publish_marker(&self, marker: SentMarker) -> Publishing<'_> {
         let props = BasicProperties::default()
             .with_content_type("text/plain".into())
             .with_delivery_mode(PERSISTENT);
-        let body = seq.to_string().into_bytes();
+        let body = marker.to_string().into_bytes();
         Box::pin(async move {
             self.channel
                 .basic_publish(
@@ -546,5 +583,34 @@ impl EventPublisher {
             e.data.as_bytes(),
             props,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_relay_marker_round_trips_its_text() {
+        let marker = SentMarker {
+            seq: 42,
+            event: Some(EventIdentity {
+                id: 7,
+                created_at: chrono::DateTime::from_timestamp_micros(1_764_979_200_123_456)
+                    .expect("a time"),
+            }),
+        };
+        assert_eq!(marker.to_string(), "42 7 1764979200123456");
+        assert_eq!(SentMarker::parse(&marker.to_string()), Some(marker));
+        // A marker written before identities were recorded: the seq alone.
+        assert_eq!(
+            SentMarker::parse("42\n"),
+            Some(SentMarker {
+                seq: 42,
+                event: None
+            })
+        );
+        assert_eq!(SentMarker::parse("42 7"), None);
+        assert_eq!(SentMarker::parse("seq"), None);
     }
 }

@@ -205,12 +205,35 @@ impl Batch {
 
     /// Write every recorded effect in the caller's transaction, set-wise, with the
     /// `outcomes` of the jobs behind them: stock moves (when there are any), then orders,
-    /// history, outbox and outcomes in one statement.
+    /// history, outbox and outcomes in one statement. The events are numbered there, so
+    /// this must be the transaction's last write ([`changes`]).
     pub async fn write(
         self,
         conn: &mut PgConnection,
         outcomes: &[jobs::Finished],
-    ) -> sqlx::Result<usize> {
+    ) -> sqlx::Result<()> {
+        self.write_parts(conn, outcomes, true).await.map(drop)
+    }
+
+    /// [`Batch::write`] without the events: they are returned, for the caller to write
+    /// last ([`changes::write`]), after what it still has to lock — a bulk chunk's
+    /// counters, under the bulk's row, which another chunk holds while it writes its own
+    /// events.
+    pub async fn write_holding_events(
+        self,
+        conn: &mut PgConnection,
+    ) -> sqlx::Result<Vec<NewEvent>> {
+        self.write_parts(conn, &[], false).await
+    }
+
+    /// Write the effects, and the events with them when `with_events`; returns the events
+    /// not written.
+    async fn write_parts(
+        self,
+        conn: &mut PgConnection,
+        outcomes: &[jobs::Finished],
+        with_events: bool,
+    ) -> sqlx::Result<Vec<NewEvent>> {
         let deltas: Vec<(String, i64, i64)> = self
             .stock_deltas
             .into_iter()
@@ -230,11 +253,11 @@ impl Batch {
             at: self.now,
             states: &states,
             history: &self.applied,
-            events: &events,
+            events: if with_events { &events } else { &[] },
             outcomes,
         };
         changes::write(conn, &changes).await?;
-        Ok(self.applied.len())
+        Ok(if with_events { Vec::new() } else { events })
     }
 }
 

@@ -1,11 +1,15 @@
 //! The outbox relay: publishes committed outbox rows to `orderflow.events`.
 //!
 //! One relay is active at a time (a session-level Postgres advisory lock); others wait as
-//! hot standbys and take over when its session ends. It first republishes rows that were
-//! sequenced but not confirmed (a previous relay died mid-flight: same seqs, so consumers
-//! dedupe), then sequences new rows in id order a batch at a time, commits the seqs,
-//! publishes them — the next batch is queued while the broker confirms the previous one —
-//! and moves the published cursor (`outbox_cursor`) past each fully confirmed batch.
+//! hot standbys and take over when its session ends. Events are numbered as they commit
+//! ([`crate::store::changes`]), so the relay only reads: whatever is after the published
+//! cursor (`outbox_cursor`), in seq order, a batch at a time — the next batch is queued
+//! while the broker confirms the previous one — and moves the cursor past each fully
+//! confirmed batch. What a relay that died had sent but not seen confirmed is after the
+//! cursor too, and goes out again with the same seqs (consumers dedupe).
+//!
+//! At takeover it checks that the database still has the last event the broker has seen
+//! (see [`check_marker`]).
 
 use crate::broker::publisher::{EventPublisher, Sending};
 use crate::broker::{self, Names};
@@ -100,25 +104,14 @@ async fn session(
 
 /// How the lock's session plans the relay's statements.
 ///
-/// It finds new rows through their partial index only (`outbox_unsequenced_idx`), in id
-/// order. Left to itself the planner often prefers a bitmap scan plus a sort, or on a
-/// young table a sequential scan. Both cost as much as the rows sequenced since the last
-/// vacuum: a bitmap scan visits every index entry and heap page of a row that *was*
-/// unsequenced, and never marks those entries dead, so the next round visits them again.
-/// Autovacuum comes after a fifth of the table has changed, so on a large outbox that is
-/// millions of rows a round. An ordered index scan stops after the batch, and marks dead
-/// entries as it passes them, so the next round skips them. Measured on the 2-core
-/// development box (docs/architecture.md, "Where a change spends its time"): a round of
-/// ~10 rows took 1.5–2.7 ms and grew with the table; with the index scan it stays near
-/// 0.2 ms.
-///
-/// And it plans every statement for the outbox as it is now (`force_custom_plan`). The
-/// session lives as long as the relay holds the lock, and after five runs a prepared
-/// statement would keep one generic plan made for the table as it was then. Made on an
-/// empty outbox, that plan joined the batch to the table by walking the whole table and
-/// running the batch's subquery again for every row: when a bulk operation then wrote
-/// 100,000 events, one round of 2,000 took 120 s (`auto_explain`, `orderflow-bench bulk`),
-/// and nothing was published meanwhile.
+/// It reads the outbox through its seq index only, as an ordered index scan that stops
+/// after the batch. And it plans every statement for the outbox as it is now
+/// (`force_custom_plan`): the session lives as long as the relay holds the lock, and after
+/// five runs a prepared statement would keep one generic plan made for the table as it was
+/// then — made on an empty outbox, an earlier relay's plan walked the whole table for
+/// every batch once a bulk operation had written 100,000 events (120 s a round; measured
+/// with `auto_explain` and `orderflow-bench bulk`, docs/architecture.md). On a young table
+/// the planner would also pick a sequential scan plus a sort over the index.
 async fn planner_settings(lock: &mut PgConnection) -> sqlx::Result<()> {
     // Disabled plans are only priced out, not forbidden: the one-row `outbox_cursor` is
     // still scanned, at a price that would make the planner JIT-compile the statement
@@ -148,24 +141,22 @@ async fn publish_loop(
     listener.listen(OUTBOX_CHANNEL).await?;
     let conn = broker::connect(url, "outbox-relay").await?;
     let publisher = EventPublisher::open(&conn, names).await?;
-    let floor = seq_floor(pool, &publisher, &conn).await?;
+    check_marker(pool, &publisher, &conn).await?;
     let poll = Duration::from_millis(cfg.relay_poll_ms);
     let mut retention =
         tokio::time::interval(Duration::from_secs(cfg.retention_interval_secs.max(1)));
     retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut position = Position {
-        sent_through: outbox::published_seq(&mut *lock)
-            .await
-            .context("relay lock session")?,
-        leftovers: true,
-    };
+    // The last seq sent: the published cursor, or past it while a batch is in flight. The
+    // active relay alone moves the cursor while it holds the lock.
+    let mut sent_through = outbox::published_seq(&mut *lock)
+        .await
+        .context("relay lock session")?;
     loop {
         drain(
             lock,
             &publisher,
             cfg.relay_batch_size,
-            floor,
-            &mut position,
+            &mut sent_through,
             shutdown,
         )
         .await?;
@@ -238,51 +229,70 @@ async fn prune_history(pool: &PgPool, days: u32, batch: i64) -> anyhow::Result<(
     Ok(())
 }
 
-/// At takeover: the lowest seq new events may follow. Normally the database knows every
-/// seq the broker has seen. After a failover to a standby that had not received the latest
-/// commits (asynchronous replication), the broker's marker can be ahead: those seqs were
-/// published for events this database no longer numbers, and reusing them would give two
-/// different events one id — consumers that dedupe by id would drop the second. They are
-/// not reused: new events are numbered after the marker, loudly (docs/scaling.md).
-async fn seq_floor(
+/// At takeover: make sure no seq the broker has seen will name a second event.
+///
+/// Normally the database has every event the broker has seen. After a failover to a
+/// standby that had not received the latest commits (asynchronous replication), it does
+/// not: the broker's marker names a seq past the published cursor that this database has
+/// no event for, or — once writers here have numbered that far again — a different event
+/// (the marker records the last sent event's outbox id and commit time). Publishing the
+/// new events under those seqs would give two different events one id, and consumers
+/// that dedupe by id would drop the second. So everything after the cursor is renumbered
+/// after the marker, loudly (docs/scaling.md, "What a deployment must promise us").
+async fn check_marker(
     pool: &PgPool,
     publisher: &EventPublisher,
     conn: &lapin::Connection,
-) -> anyhow::Result<i64> {
-    let known = outbox::seq_high_water(&mut *pool.acquire().await?).await?;
-    let sent = publisher.sent_high_water(conn).await?.unwrap_or(0);
-    if sent > known {
-        tracing::error!(
-            from = known + 1,
-            through = sent,
-            "the broker has seen event seqs this database does not know (a failover lost \
-             commits?); not reusing them: new events are numbered after {sent}"
-        );
-        counter!(metrics::RELAY_SEQ_CONFLICTS).increment(1);
+) -> anyhow::Result<()> {
+    let Some(marker) = publisher.sent_high_water(conn).await? else {
+        return Ok(());
+    };
+    let mut db = pool.acquire().await?;
+    let cursor = outbox::published_seq(&mut db).await?;
+    if marker.seq <= cursor {
+        return Ok(());
     }
-    Ok(sent.max(known))
+    let known = outbox::identity(&mut db, marker.seq).await?;
+    let same = match (known, marker.event) {
+        (Some(known), Some(sent)) => known == sent,
+        // A marker from before events had identities: only its seq can be checked.
+        (_, None) => marker.seq <= outbox::seq_high_water(&mut db).await?,
+        (None, Some(_)) => false,
+    };
+    if same {
+        return Ok(());
+    }
+    let mut tx = sqlx::Acquire::begin(&mut *db).await?;
+    let (first, moved) = outbox::renumber_unpublished(&mut tx, marker.seq).await?;
+    tx.commit().await?;
+    tracing::error!(
+        sent_through = marker.seq,
+        published_through = cursor,
+        renumbered = moved,
+        first_new_seq = first,
+        "the broker has seen event seqs this database does not hold the same events for (a \
+         failover lost commits?); not reusing them: the unpublished events are renumbered \
+         after {}",
+        marker.seq
+    );
+    counter!(metrics::RELAY_SEQ_CONFLICTS).increment(1);
+    Ok(())
 }
 
-/// Publish what the outbox holds (until shutdown): first what is sequenced but unconfirmed,
-/// then new rows, sequenced a batch at a time (their seqs committed before they are sent),
+/// Publish what the outbox holds after `sent_through` (until shutdown), a batch at a time,
 /// until a batch comes back smaller than `batch` — rows committed after it notify the
 /// listener, which calls this again.
-/// Two batches are in flight: the next one is sequenced and queued while the broker
-/// confirms the previous one, and the published cursor moves past a batch only once every
-/// event of it, and of the batches before it, is confirmed. Returns how many were published.
+/// Two batches are in flight: the next one is read and queued while the broker confirms
+/// the previous one, and the published cursor moves past a batch only once every event of
+/// it, and of the batches before it, is confirmed. Returns how many were published.
 /// Every statement runs on `lock`, the session holding the relay lock.
 async fn drain(
     lock: &mut PgConnection,
     publisher: &EventPublisher,
     batch: i64,
-    floor: i64,
-    position: &mut Position,
+    sent_through: &mut i64,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<usize> {
-    let Position {
-        sent_through,
-        leftovers,
-    } = position;
     let mut in_flight: Option<(i64, usize, Instant, Sending<'_>, Vec<Span>)> = None;
     let mut published = 0;
     let mut settle_only = false;
@@ -291,23 +301,13 @@ async fn drain(
         // session, and so the lock, is still held (a standby has not taken over).
         let mut next = Vec::new();
         if !shutdown.is_cancelled() && !settle_only {
-            if *leftovers {
-                next = outbox::sequenced_after(&mut *lock, *sent_through, batch)
-                    .await
-                    .context("relay lock session")?;
-                *leftovers = !next.is_empty();
-            }
-            if next.is_empty() {
-                // One statement, committed when it returns: the seqs are durable before
-                // any event leaves.
-                next = outbox::sequence(&mut *lock, batch, floor)
-                    .await
-                    .context("relay lock session")?;
-                // Fewer than a batch: the outbox had nothing more when it was read, and
-                // whatever commits after that notifies the listener. The next pass only
-                // settles this batch; no round to find the outbox empty.
-                settle_only = (next.len() as i64) < batch;
-            }
+            next = outbox::after(&mut *lock, *sent_through, batch)
+                .await
+                .context("relay lock session")?;
+            // Fewer than a batch: the outbox had nothing more when it was read, and
+            // whatever commits after that notifies the listener. The next pass only
+            // settles this batch; no round to find the outbox empty.
+            settle_only = (next.len() as i64) < batch;
         }
         let queued = match next.last() {
             Some(e) => {
@@ -333,17 +333,6 @@ async fn drain(
         *sent_through = last;
         in_flight = Some((last, count, queued_at, confirms, spans));
     }
-}
-
-/// Where the active relay stands, kept across its drains (it alone moves the cursor while
-/// it holds the lock).
-struct Position {
-    /// The last seq sent: the published cursor, or past it while a batch is in flight.
-    sent_through: i64,
-    /// Rows sequenced but not confirmed can only be left by a relay that died: they are
-    /// all after the cursor, and are republished, once, at takeover, before anything new
-    /// is sequenced.
-    leftovers: bool,
 }
 
 /// When spans are exported, one per event, child of the request that caused it (the

@@ -384,6 +384,7 @@ mod tests {
             to: None,
             traceparent: None,
             data: crate::event::data_with_seq(seq, r#"{"type": "order.created"}"#),
+            stored: None,
         }
     }
 

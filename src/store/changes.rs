@@ -5,6 +5,21 @@
 //! Every part is optional: an empty part writes nothing. The outbox's statement trigger
 //! still wakes the relay then, which finds nothing new; every caller but an all-rejected
 //! batch writes events anyway.
+//!
+//! # Events are numbered here, and written last
+//!
+//! Outbox rows get their `seq` in the insert: the next numbers after `outbox_head`, whose
+//! one row the statement updates — after the rest of the statement's writes, so the lock
+//! is taken as late as it can be — and which stays locked until the transaction ends. So
+//! seqs become visible in order and without gaps: the next writer numbers after this
+//! one's commit, or reuses its numbers if it rolled back. The relay only has to read
+//! what is after its published cursor (docs/storage.md, "Outbox").
+//!
+//! Because the lock is held to the end, writing events must be the last thing a
+//! transaction locks anything for: a transaction that waited for a row lock while holding
+//! the head could wait for one that waits for the head. Every caller writes its events in
+//! its last statement before `COMMIT` (a bulk chunk holds its events back until after its
+//! counters, see [`crate::orders::apply::Batch::write_holding_events`]).
 
 use crate::domain::{JobStatus, OrderChange, OrderStatus, Role};
 use crate::event::NewEvent;
@@ -24,7 +39,8 @@ pub struct Changes<'a> {
     pub states: &'a [&'a Order],
     /// One audit row per change, in the order they were applied.
     pub history: &'a [OrderChange],
-    /// Outbox rows, in the order they must be published.
+    /// Outbox rows, in the order they must be published; numbered as they are written,
+    /// which must be the transaction's last lock (see the module's docs).
     pub events: &'a [NewEvent],
     /// Terminal outcomes of the jobs applied (claimed by [`crate::store::jobs::claim`], or a
     /// bulk job's own).
@@ -65,20 +81,31 @@ pub async fn write(conn: &mut PgConnection, changes: &Changes<'_>) -> sqlx::Resu
              update orders o set status = v.status, payment_status = v.payment, version = v.version, updated_at = $5
              from unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[]) as v(id, status, payment, version)
              where o.id = v.id and o.id between $6 and $7
+             returning 1
          ), history as (
              insert into order_status_history
                (order_id, from_status, to_status, action, actor_id, actor_role, reason, job_id, bulk_id, version, created_at)
              select *, $5 from unnest($8::uuid[], $9::text[], $10::text[], $11::text[], $12::uuid[], $13::text[],
                                       $14::text[], $15::uuid[], $16::uuid[], $17::bigint[])
+             returning 1
          ), outcomes as (
              update jobs j set status = v.status, result = v.result, error = v.error,
                     attempts = j.attempts + (j.status <> 'running')::int, updated_at = now()
              from unnest($18::uuid[], $19::text[], $20::jsonb[], $21::jsonb[]) as v(id, status, result, error)
              where j.id = v.id
+             returning 1
+         ), head as (
+             -- The counts only make the other writes run first (see the module's docs).
+             update outbox_head set last_seq = last_seq + $29
+             where $29 > 0
+               and (select count(*) from states) + (select count(*) from history)
+                   + (select count(*) from outcomes) >= 0
+             returning last_seq - $29 as base
          )
-         insert into outbox (order_id, customer_id, event_type, routing_key, to_status, traceparent, payload)
-         select order_id, customer_id, event_type, routing_key, to_status, traceparent, payload::json
-         from unnest($22::uuid[], $23::uuid[], $24::text[], $25::text[], $26::text[], $27::text[], $28::text[])
+         insert into outbox (seq, order_id, customer_id, event_type, routing_key, to_status, traceparent, payload)
+         select head.base + t.ord, order_id, customer_id, event_type, routing_key, to_status, traceparent, payload::json
+         from head,
+              unnest($22::uuid[], $23::uuid[], $24::text[], $25::text[], $26::text[], $27::text[], $28::text[])
               with ordinality as t(order_id, customer_id, event_type, routing_key, to_status, traceparent, payload, ord)
          order by ord",
         &ids,
@@ -109,6 +136,7 @@ pub async fn write(conn: &mut PgConnection, changes: &Changes<'_>) -> sqlx::Resu
         &col(events, |e| e.to_status) as &[Option<&str>],
         &col(events, |e| e.traceparent.as_deref()) as &[Option<&str>],
         &col(events, |e| e.payload.as_str()) as &[&str],
+        events.len() as i64,
     )
     .execute(conn)
     .await?;

@@ -1,11 +1,13 @@
-//! The outbox: events written with their change, sequenced and published by the relay,
-//! and kept for the retention window as the replay log.
+//! The outbox: events written with their change and numbered as they commit
+//! ([`crate::store::changes`]), published by the relay, and kept for the retention window
+//! as the replay log.
 
-use crate::event::Event;
+use crate::event::{Event, EventIdentity};
+use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-/// A sequenced outbox row as read back: the payload stays JSON text, nothing is parsed.
+/// An outbox row as read back: the payload stays JSON text, nothing is parsed.
 #[derive(Debug)]
 struct StoredEvent {
     seq: i64,
@@ -16,6 +18,8 @@ struct StoredEvent {
     to_status: Option<String>,
     traceparent: Option<String>,
     payload: String,
+    id: i64,
+    created_at: DateTime<Utc>,
 }
 
 impl From<StoredEvent> for Event {
@@ -29,6 +33,10 @@ impl From<StoredEvent> for Event {
             customer_id: r.customer_id,
             to: r.to_status,
             traceparent: r.traceparent,
+            stored: Some(EventIdentity {
+                id: r.id,
+                created_at: r.created_at,
+            }),
         }
     }
 }
@@ -38,56 +46,22 @@ fn events(mut rows: Vec<StoredEvent>) -> Vec<Event> {
     rows.into_iter().map(Event::from).collect()
 }
 
-/// Give the oldest unsequenced rows (id order) the next seqs, gap-free after the highest
-/// seq so far — and after `floor`, seqs the broker has seen that this database does not
-/// know (see the relay's takeover check) — and return them in seq order. Only the relay
-/// holding the advisory lock calls this, so `max(seq)` is stable; were two ever to race,
-/// the unique `seq` fails one of them.
-pub async fn sequence(conn: &mut PgConnection, limit: i64, floor: i64) -> sqlx::Result<Vec<Event>> {
-    // After retention pruned every published row, the cursor still remembers the last seq.
-    let rows = sqlx::query_as!(
-        StoredEvent,
-        r#"with next as (select id from outbox where seq is null order by id limit $1),
-                numbered as (select id, row_number() over (order by id) as ord from next),
-                base as (select greatest(coalesce(max(seq), 0),
-                                         (select published_seq from outbox_cursor),
-                                         $2) as max_seq
-                         from outbox)
-           update outbox o set seq = base.max_seq + n.ord
-           from numbered n, base
-           where o.id = n.id
-           returning seq as "seq!", event_type, routing_key, order_id, customer_id, to_status,
-                  traceparent, payload::text as "payload!""#,
-        limit,
-        floor,
-    )
-    .fetch_all(conn)
-    .await?;
-    Ok(events(rows))
-}
-
-/// The highest seq this database knows of: the greatest stamped, or the published cursor
-/// (which outlives pruned rows).
+/// The highest seq this database knows of: the outbox head (the last seq any committed
+/// event has; it outlives pruned rows).
 pub async fn seq_high_water(conn: &mut PgConnection) -> sqlx::Result<i64> {
-    sqlx::query_scalar!(
-        r#"select greatest(coalesce((select max(seq) from outbox), 0),
-                           (select published_seq from outbox_cursor)) as "high!""#
-    )
-    .fetch_one(conn)
-    .await
+    sqlx::query_scalar!("select last_seq from outbox_head")
+        .fetch_one(conn)
+        .await
 }
 
-/// Sequenced rows after `after`, in seq order. After the published cursor, these are
-/// what a relay that died mid-flight left unconfirmed.
-pub async fn sequenced_after(
-    conn: &mut PgConnection,
-    after: i64,
-    limit: i64,
-) -> sqlx::Result<Vec<Event>> {
+/// Committed events after `after`, in seq order: what the relay publishes next. Seqs
+/// become visible in order (see [`crate::store::changes`]), so this is never a range with
+/// a hole that a later commit fills.
+pub async fn after(conn: &mut PgConnection, after: i64, limit: i64) -> sqlx::Result<Vec<Event>> {
     let rows = sqlx::query_as!(
         StoredEvent,
-        r#"select seq as "seq!", event_type, routing_key, order_id, customer_id, to_status,
-                  traceparent, payload::text as "payload!"
+        r#"select seq, event_type, routing_key, order_id, customer_id, to_status,
+                  traceparent, payload::text as "payload!", id, created_at
            from outbox where seq > $1 order by seq limit $2"#,
         after,
         limit,
@@ -95,6 +69,52 @@ pub async fn sequenced_after(
     .fetch_all(conn)
     .await?;
     Ok(events(rows))
+}
+
+/// Which event `seq` is, if the outbox has it: its row's id and commit time — what the
+/// relay's marker on the broker records of the last event it sent (see
+/// [`renumber_unpublished`]).
+pub async fn identity(conn: &mut PgConnection, seq: i64) -> sqlx::Result<Option<EventIdentity>> {
+    sqlx::query_as!(
+        EventIdentity,
+        "select id, created_at from outbox where seq = $1",
+        seq
+    )
+    .fetch_optional(conn)
+    .await
+}
+
+/// After a failover that lost commits the broker had seen events of: give every event
+/// after the published cursor a new seq after `floor` (the last seq the broker has seen),
+/// in the same order and gap-free, and move the head past them, under the head's lock —
+/// no writer numbers anything meanwhile. Their old seqs may name other events downstream.
+/// Returns the first new seq and how many were renumbered. The caller commits.
+pub async fn renumber_unpublished(conn: &mut PgConnection, floor: i64) -> sqlx::Result<(i64, i64)> {
+    sqlx::query_scalar!("select last_seq from outbox_head for update")
+        .fetch_one(&mut *conn)
+        .await?;
+    let cursor = published_seq(&mut *conn).await?;
+    // Through negative seqs, which nothing else holds: a unique index is checked row by
+    // row, and moving the range in place would collide with itself.
+    sqlx::query!("update outbox set seq = -seq where seq > $1", cursor)
+        .execute(&mut *conn)
+        .await?;
+    let moved = sqlx::query!(
+        "update outbox set seq = $2 + (-seq - $1) where seq < 0",
+        cursor,
+        floor
+    )
+    .execute(&mut *conn)
+    .await?
+    .rows_affected() as i64;
+    sqlx::query!(
+        "update outbox_head set last_seq = $1::bigint + $2::bigint",
+        floor,
+        moved
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok((floor + 1, moved))
 }
 
 /// Every event up to `seq` is confirmed by the broker (the relay publishes in seq order).
@@ -116,13 +136,13 @@ pub async fn prune(conn: &mut PgConnection, older_than_secs: f64, limit: i64) ->
     let done = sqlx::query!(
         "with oldest as (
              select seq, created_at from outbox
-             where seq is not null and seq <= (select published_seq from outbox_cursor)
+             where seq <= (select published_seq from outbox_cursor)
              order by seq limit $2),
          upto as (
              select coalesce(min(seq) filter (where created_at >= now() - make_interval(secs => $1)) - 1,
                              max(seq)) as seq
              from oldest)
-         delete from outbox where seq is not null and seq <= (select seq from upto)",
+         delete from outbox where seq <= (select seq from upto)",
         older_than_secs,
         limit,
     )
@@ -138,11 +158,10 @@ pub async fn published_seq(conn: &mut PgConnection) -> sqlx::Result<i64> {
         .await
 }
 
-/// Whether every row with `id <= up_to_id` is sequenced and published (`None`: all rows).
+/// Whether every row with `id <= up_to_id` is published (`None`: all rows).
 pub async fn is_published(conn: &mut PgConnection, up_to_id: Option<i64>) -> sqlx::Result<bool> {
     sqlx::query_scalar!(
-        r#"select not exists (select 1 from outbox where seq is null and ($1::bigint is null or id <= $1))
-              and not exists (select 1 from outbox
+        r#"select not exists (select 1 from outbox
                               where seq > (select published_seq from outbox_cursor)
                                 and ($1::bigint is null or id <= $1)) as "published!""#,
         up_to_id,
@@ -151,7 +170,7 @@ pub async fn is_published(conn: &mut PgConnection, up_to_id: Option<i64>) -> sql
     .await
 }
 
-/// Sequenced events with `after < seq < before`, in seq order (replay for SSE clients).
+/// Events with `after < seq < before`, in seq order (replay for SSE clients).
 pub async fn replay(
     conn: &mut PgConnection,
     after: i64,
@@ -160,8 +179,8 @@ pub async fn replay(
 ) -> sqlx::Result<Vec<Event>> {
     let rows = sqlx::query_as!(
         StoredEvent,
-        r#"select seq as "seq!", event_type, routing_key, order_id, customer_id, to_status,
-                  traceparent, payload::text as "payload!"
+        r#"select seq, event_type, routing_key, order_id, customer_id, to_status,
+                  traceparent, payload::text as "payload!", id, created_at
            from outbox
            where seq > $1 and ($2::bigint is null or seq < $2) order by seq limit $3"#,
         after,
@@ -173,7 +192,7 @@ pub async fn replay(
     Ok(events(rows))
 }
 
-/// The lowest and highest seq still in the table (None when nothing is sequenced).
+/// The lowest and highest seq still in the table (None when it is empty).
 pub async fn seq_bounds(conn: &mut PgConnection) -> sqlx::Result<(Option<i64>, Option<i64>)> {
     let bounds = sqlx::query!("select min(seq) as low, max(seq) as high from outbox")
         .fetch_one(conn)
@@ -182,13 +201,11 @@ pub async fn seq_bounds(conn: &mut PgConnection) -> sqlx::Result<(Option<i64>, O
 }
 
 /// Outbox lag: how many committed events are not yet published, and the age in seconds of
-/// the oldest of them (0 when none). Both sets are small and indexed (unsequenced rows,
-/// and seqs past the published cursor), so this is cheap to sample.
+/// the oldest of them (0 when none). They are the seqs past the published cursor, an
+/// index range, so this is cheap to sample.
 pub async fn lag(conn: &mut PgConnection) -> sqlx::Result<(i64, f64)> {
     let row = sqlx::query!(
         r#"with pending as (
-               select created_at from outbox where seq is null
-               union all
                select created_at from outbox where seq > (select published_seq from outbox_cursor))
            select count(*)::bigint as "count!",
                   coalesce(extract(epoch from now() - min(created_at)), 0)::float8 as "age!"

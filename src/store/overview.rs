@@ -28,9 +28,11 @@ pub async fn jobs_by_status(conn: &mut PgConnection) -> sqlx::Result<Vec<StatusC
 /// How far the relay is behind the writers.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct OutboxLag {
-    /// Committed events the relay has not given a seq yet.
+    /// Always 0: events are numbered as they commit (migration 0009). Kept so that
+    /// clients reading it do not break.
+    #[schema(deprecated)]
     pub unsequenced: i64,
-    /// Sequenced events the broker has not confirmed yet.
+    /// Committed events the broker has not confirmed yet.
     pub unconfirmed: i64,
     pub published_seq: i64,
     /// Commit time of the oldest event not yet published (none: the relay is caught up).
@@ -41,11 +43,10 @@ pub async fn outbox_lag(conn: &mut PgConnection) -> sqlx::Result<OutboxLag> {
     sqlx::query_as!(
         OutboxLag,
         r#"with cur as (select published_seq from outbox_cursor)
-           select (select count(*) from outbox where seq is null) as "unsequenced!",
+           select 0::bigint as "unsequenced!",
                   (select count(*) from outbox, cur where seq > cur.published_seq) as "unconfirmed!",
                   (select published_seq from cur) as "published_seq!",
-                  least((select min(created_at) from outbox where seq is null),
-                        (select min(created_at) from outbox, cur where seq > cur.published_seq))
+                  (select min(created_at) from outbox, cur where seq > cur.published_seq)
                       as oldest_unpublished_at"#
     )
     .fetch_one(conn)

@@ -429,7 +429,7 @@ impl TestSystem {
     pub async fn wait_outbox_drained(&self, within: Duration) {
         wait::expect_within(within, "every outbox row published", || async {
             let left: i64 = sqlx::query_scalar(
-                "select count(*) from outbox where seq is null or seq > (select published_seq from outbox_cursor)",
+                "select count(*) from outbox where seq > (select published_seq from outbox_cursor)",
             )
             .fetch_one(self.db())
             .await

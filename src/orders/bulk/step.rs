@@ -6,8 +6,9 @@
 //! worker that dies mid-bulk loses at most the chunks in hand: the redelivered job resumes
 //! with the chunks not done, at the first item without an outcome.
 //!
-//! Locks are always taken in one order — chunk rows, then the bulk's row — so chunks
-//! applied at once, their isolation and the control step cannot deadlock one another.
+//! Locks are always taken in one order — chunk rows, then the bulk's row, then the outbox
+//! head (events are written last, see [`changes`]) — so chunks applied at once, their
+//! isolation, the control step and single changes cannot deadlock one another.
 
 use crate::domain::{Actor, BulkMode, BulkStatus, ItemOutcome};
 use crate::event::NewEvent;
@@ -48,8 +49,13 @@ pub enum StepError {
     Unreadable(String),
 }
 
-async fn progress(conn: &mut PgConnection, op: &BulkOp) -> sqlx::Result<()> {
-    let events = [NewEvent::bulk_progress(op.id, op.view())];
+/// The transaction's events, held back so far, then the bulk's progress: its last write.
+async fn progress(
+    conn: &mut PgConnection,
+    op: &BulkOp,
+    mut events: Vec<NewEvent>,
+) -> sqlx::Result<()> {
+    events.push(NewEvent::bulk_progress(op.id, op.view()));
     let changes = Changes {
         events: &events,
         ..Changes::default()
@@ -85,6 +91,7 @@ pub async fn control(pool: &PgPool, job: &Job, chunk: i64) -> Result<Control, St
     let selection: Selection = serde_json::from_value(op.selection.clone())
         .map_err(|e| StepError::Unreadable(e.to_string()))?;
 
+    let mut events = Vec::new();
     let latest = if op.cancel_requested {
         bulk::skip_pending(&mut tx, bulk_id, "cancelled").await?;
         bulk::finish(&mut tx, bulk_id, BulkStatus::Cancelled, None).await?
@@ -95,18 +102,22 @@ pub async fn control(pool: &PgPool, job: &Job, chunk: i64) -> Result<Control, St
             bulk::finish(&mut tx, bulk_id, BulkStatus::Completed, None).await?
         } else if op.mode == BulkMode::Atomic {
             // All or nothing: in the snapshot's transaction, never in chunks.
-            atomic(&mut tx, &op, job, &request).await?
+            let latest;
+            (latest, events) = atomic(&mut tx, &op, job, &request).await?;
+            latest
         } else {
             bulk::get(&mut tx, bulk_id).await?.expect("locked above")
         }
     } else if op.mode == BulkMode::Atomic {
-        atomic(&mut tx, &op, job, &request).await?
+        let latest;
+        (latest, events) = atomic(&mut tx, &op, job, &request).await?;
+        latest
     } else if chunks_left == 0 {
         bulk::finish(&mut tx, bulk_id, BulkStatus::Completed, None).await?
     } else {
         return Ok(Control::Chunks(Box::new(request)));
     };
-    progress(&mut tx, &latest).await?;
+    progress(&mut tx, &latest, events).await?;
     tx.commit().await?;
     count_orders(moved_between(&op, &latest));
     Ok(if latest.status.is_terminal() {
@@ -140,7 +151,7 @@ pub async fn apply_next(
         return Ok(Lane::Drained);
     }
     match apply_chunk(&mut tx, &op, job, request, &next.items, Some(next.chunk)).await {
-        Ok((latest, _)) if latest.cancel_requested => {
+        Ok((latest, ..)) if latest.cancel_requested => {
             // A cancel committed before this chunk's counters took the bulk's row: it may
             // have been answered already, and no chunk commits after that. Nothing of
             // this one is kept (a cancel that comes later waits for this commit).
@@ -150,8 +161,8 @@ pub async fn apply_next(
             );
             return Ok(Lane::Drained);
         }
-        Ok((latest, outcomes)) => {
-            progress(&mut tx, &latest).await?;
+        Ok((latest, outcomes, events)) => {
+            progress(&mut tx, &latest, events).await?;
             tx.commit().await?;
             count_orders(tally(&outcomes));
             tracing::debug!(
@@ -207,8 +218,8 @@ fn count_orders(moved: Moved) {
 }
 
 /// Apply `items` (best effort): every order that may move, moves; the rest get their reason.
-/// With `done`, these are the last items of that chunk. Returns the bulk as updated, and
-/// the outcomes.
+/// With `done`, these are the last items of that chunk. Returns the bulk as updated, the
+/// outcomes, and the events, for the caller to write last.
 async fn apply_chunk(
     conn: &mut PgConnection,
     op: &BulkOp,
@@ -216,7 +227,7 @@ async fn apply_chunk(
     request: &ChangeCommand,
     items: &[(i32, Uuid)],
     done: Option<i32>,
-) -> sqlx::Result<(BulkOp, Vec<ItemRecord>)> {
+) -> sqlx::Result<(BulkOp, Vec<ItemRecord>, Vec<NewEvent>)> {
     let ids: Vec<Uuid> = items.iter().map(|(_, id)| *id).collect();
     let mut batch = Batch::load(conn, &ids, true).await?;
     let actor = Actor {
@@ -229,9 +240,9 @@ async fn apply_chunk(
             judge(&mut batch, *position, *order_id, actor, request, job, op.id)
         })
         .collect();
-    batch.write(conn, &[]).await?;
+    let events = batch.write_holding_events(conn).await?;
     let latest = bulk::record(conn, op.id, &outcomes, done).await?;
-    Ok((latest, outcomes))
+    Ok((latest, outcomes, events))
 }
 
 /// Whether `item` of `chunk` still needs applying, with the chunk locked for the rest of
@@ -274,8 +285,13 @@ async fn isolate(
         }
         match apply_chunk(&mut tx, op, job, request, &[item], None).await {
             // Cancelled meanwhile (see `apply_next`): the rest is skipped by `control`.
-            Ok((latest, _)) if latest.cancel_requested => return Ok(()),
-            Ok((_, outcomes)) => {
+            Ok((latest, ..)) if latest.cancel_requested => return Ok(()),
+            Ok((_, outcomes, events)) => {
+                let changes = Changes {
+                    events: &events,
+                    ..Changes::default()
+                };
+                changes::write(&mut tx, &changes).await?;
                 tx.commit().await?;
                 count_orders(tally(&outcomes));
             }
@@ -304,19 +320,20 @@ async fn isolate(
     let mut tx = pool.begin().await?;
     if bulk::lock_chunk(&mut tx, op.id, chunk.chunk).await? {
         let latest = bulk::record(&mut tx, op.id, &[], Some(chunk.chunk)).await?;
-        progress(&mut tx, &latest).await?;
+        progress(&mut tx, &latest, Vec::new()).await?;
         tx.commit().await?;
     }
     Ok(())
 }
 
 /// Apply every item or none: one transaction; any rejection writes no change at all.
+/// Returns the bulk as updated and the events, for the caller to write last.
 async fn atomic(
     conn: &mut PgConnection,
     op: &BulkOp,
     job: &Job,
     request: &ChangeCommand,
-) -> sqlx::Result<BulkOp> {
+) -> sqlx::Result<(BulkOp, Vec<NewEvent>)> {
     let items = bulk::all_pending_items(conn, op.id).await?;
     let ids: Vec<Uuid> = items.iter().map(|(_, id)| *id).collect();
     let mut batch = Batch::load(conn, &ids, true).await?;
@@ -335,9 +352,10 @@ async fn atomic(
         .filter(|o| o.outcome == ItemOutcome::Rejected)
         .count();
     if rejected == 0 {
-        batch.write(conn, &[]).await?;
+        let events = batch.write_holding_events(conn).await?;
         bulk::record(conn, op.id, &outcomes, None).await?;
-        return bulk::finish(conn, op.id, BulkStatus::Completed, None).await;
+        let latest = bulk::finish(conn, op.id, BulkStatus::Completed, None).await?;
+        return Ok((latest, events));
     }
     // Nothing is written: the would-be changes are reported as skipped, with the reason.
     drop(batch);
@@ -354,7 +372,8 @@ async fn atomic(
         "code": "atomic_rejected",
         "message": format!("{rejected} of {} orders would be rejected; nothing was changed", outcomes.len()),
     });
-    bulk::finish(conn, op.id, BulkStatus::Rejected, Some(&error)).await
+    let latest = bulk::finish(conn, op.id, BulkStatus::Rejected, Some(&error)).await?;
+    Ok((latest, Vec::new()))
 }
 
 fn judge(

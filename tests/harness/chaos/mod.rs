@@ -43,7 +43,7 @@ pub async fn drain(pool: &PgPool, accepted: &[Uuid], observers: &Observers) -> O
     wait::poll(DRAIN_DEADLINE, || async {
         let (terminal, unpublished, max_seq): (i64, i64, Option<i64>) = sqlx::query_as(
             "select (select count(*) from jobs where id = any($1) and status = any($2)),
-                    (select count(*) from outbox where seq is null or seq > (select published_seq from outbox_cursor)),
+                    (select count(*) from outbox where seq > (select published_seq from outbox_cursor)),
                     (select max(seq) from outbox)",
         )
         .bind(accepted)
