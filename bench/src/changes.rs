@@ -11,13 +11,16 @@
 //! generator competes for the cores it loads) and the round trip from then on.
 
 use crate::events::{Listener, Seen};
+use crate::http1;
 use crate::progress::{Counters, Progress};
 use crate::stats::Latency;
 use crate::system::{self, System, SystemArgs};
 use crate::{cpu, seed, token, yardstick};
+use bytes::Bytes;
 use clap::Args;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
-use serde_json::Value;
+use http_body_util::Full;
+use hyper::Request;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use sqlx::{Connection, PgConnection};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -130,8 +133,7 @@ impl Shot {
 
 /// Sends `mark_paid` changes on a schedule and collects every answer.
 struct Driver {
-    http: reqwest::Client,
-    base: String,
+    http: Arc<http1::Client>,
     /// `Bearer <admin token>`, built once.
     auth: HeaderValue,
 }
@@ -149,14 +151,13 @@ impl Driver {
         for (order, offset) in plan {
             let scheduled = start + offset;
             tokio::time::sleep_until(scheduled.into()).await;
-            let request = self
-                .http
-                .post(format!("{}/orders/{order}/change-status", self.base))
+            let request = Request::post(format!("/orders/{order}/change-status"))
                 .header(AUTHORIZATION, self.auth.clone())
                 .header(CONTENT_TYPE, "application/json")
-                .body(MARK_PAID);
-            let counters = counters.clone();
-            requests.spawn(async move { shoot(request, scheduled, &counters).await });
+                .body(Full::new(Bytes::from_static(MARK_PAID)))
+                .expect("a valid request");
+            let (http, counters) = (self.http.clone(), counters.clone());
+            requests.spawn(async move { shoot(&http, request, scheduled, &counters).await });
         }
         let mut shots = Vec::with_capacity(total);
         while let Some(shot) = requests.join_next().await {
@@ -167,26 +168,35 @@ impl Driver {
     }
 }
 
-async fn shoot(request: reqwest::RequestBuilder, scheduled: Instant, counters: &Counters) -> Shot {
+/// A request not answered within this counts as failed.
+const ANSWER_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The part of a `202` answer the benchmark reads.
+#[derive(serde::Deserialize)]
+struct Queued {
+    job_id: Uuid,
+}
+
+async fn shoot(
+    http: &http1::Client,
+    request: Request<Full<Bytes>>,
+    scheduled: Instant,
+    counters: &Counters,
+) -> Shot {
     Counters::add(&counters.sent);
     let sent = Instant::now();
-    let (status, job, retry_after) = match request.send().await {
-        Ok(response) => {
-            let status = response.status().as_u16();
-            let retry_after = response.headers().contains_key("retry-after");
-            let job = if status == 202 {
-                response
-                    .json::<Value>()
-                    .await
-                    .ok()
-                    .and_then(|v| v["job_id"].as_str().and_then(|s| s.parse().ok()))
-            } else {
-                let _ = response.bytes().await;
-                None
-            };
+    let answer = tokio::time::timeout(ANSWER_DEADLINE, http.send(request)).await;
+    let (status, job, retry_after) = match answer {
+        Ok(Ok(answer)) => {
+            let status = answer.status.as_u16();
+            let retry_after = answer.headers.contains_key(hyper::header::RETRY_AFTER);
+            let job = (status == 202)
+                .then(|| serde_json::from_slice::<Queued>(&answer.body).ok())
+                .flatten()
+                .map(|q| q.job_id);
             (Some(status), job, retry_after)
         }
-        Err(_) => (None, None, false),
+        Ok(Err(_)) | Err(_) => (None, None, false),
     };
     let shot = Shot {
         scheduled,
@@ -307,12 +317,7 @@ impl Figures {
 /// The steps, then the overload burst when asked; the highest events/s of a step.
 async fn bench(system: &System, args: &ChangesArgs) -> anyhow::Result<f64> {
     let driver = Driver {
-        http: reqwest::Client::builder()
-            .pool_max_idle_per_host(usize::MAX)
-            .tcp_nodelay(true)
-            .timeout(Duration::from_secs(60))
-            .build()?,
-        base: system.base.clone(),
+        http: Arc::new(http1::Client::new(&system.base)?),
         auth: HeaderValue::try_from(format!("Bearer {}", token::admin(system::SECRET)))?,
     };
     let listener = Arc::new(Listener::start(system).await?);

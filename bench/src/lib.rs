@@ -4,7 +4,8 @@
 //!
 //! - [`bulk`] — one bulk over N orders, with single changes submitted during it.
 //! - [`changes`] — single changes at constant offered rates, step by step, seen by a
-//!   downstream consumer ([`events`]); the sustainable rate and an overload burst.
+//!   downstream consumer ([`events`]); the sustainable rate and an overload burst. Its
+//!   requests go through [`http1`], a lean keep-alive client.
 //! - [`sse`] — many idle live-event subscribers: memory per connection, fan-out, slow
 //!   subscribers cut off without slowing the rest.
 //! - [`system`] — finding, starting and cleaning up the system under test; [`seed`] —
@@ -17,6 +18,7 @@ pub mod bulk;
 pub mod changes;
 pub mod cpu;
 pub mod events;
+pub mod http1;
 pub mod limits;
 pub mod progress;
 pub mod seed;
