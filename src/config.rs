@@ -142,7 +142,7 @@ pub struct IngressConfig {
     /// Admission control: API requests worked on at once; more wait for a slot up to
     /// INGRESS_QUEUE_MS, then get 503 `overloaded` — at once, without waiting, within a
     /// second of the last such refusal (0: no limit).
-    #[arg(long, env = "INGRESS_MAX_IN_FLIGHT", default_value_t = 64)]
+    #[arg(long, env = "INGRESS_MAX_IN_FLIGHT", default_value_t = 128)]
     pub ingress_max_in_flight: usize,
 
     /// Admission control: longest wait for a slot, in milliseconds.
