@@ -177,7 +177,7 @@ impl IngressConfig {
 #[derive(Args, Debug, Clone)]
 pub struct WorkerConfig {
     /// Most jobs applied in one transaction.
-    #[arg(long, env = "WORKER_BATCH_SIZE", default_value_t = 64)]
+    #[arg(long, env = "WORKER_BATCH_SIZE", default_value_t = 128)]
     pub worker_batch_size: usize,
 
     /// How long to gather more jobs after the first one arrived, in milliseconds.
