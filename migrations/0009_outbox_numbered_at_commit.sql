@@ -2,11 +2,15 @@
 --
 -- The relay used to give each committed row its `seq` with an UPDATE: a second version of
 -- every event (payload and all, a new entry in two indexes, a dead tuple for vacuum) and a
--- commit of its own before anything could be published — about a third of Postgres's
--- work per bulk order. Now a writer takes the next seqs from `outbox_head` in its insert
+-- commit of its own before anything could be published: 14–17 µs and 1.4 KB of WAL per
+-- row in SQL alone. Now a writer takes the next seqs from `outbox_head` in its insert
 -- (`store::changes::write`). The head row stays locked until the writer commits, so seqs
 -- become visible in order and without gaps (a rollback hands its numbers to the next
 -- writer), and the relay only reads: what is after the published cursor, in seq order.
+--
+-- Upgrading: processes of an earlier build insert events without a seq, which this schema
+-- refuses (their transactions roll back and their jobs are retried); run the new build's
+-- workers, ingresses and relay once this is applied.
 
 create table outbox_head (
     only_row boolean primary key default true check (only_row),
