@@ -4,6 +4,7 @@
 //! and, when the connection is lost, starts over from a fresh one: a supervisor loop per
 //! role, so no delivery tag of a dead channel is ever acked.
 
+pub mod marker;
 pub mod publisher;
 pub mod topology;
 

@@ -2,9 +2,10 @@
 //! it; an event is marked published only once the broker confirmed it.
 
 use super::JobMessage;
+use super::marker::SentMarker;
 use super::{Names, connect, topology};
 use crate::domain::Actor;
-use crate::event::{Event, EventIdentity};
+use crate::event::Event;
 use futures::StreamExt;
 use futures::future::Either;
 use lapin::Confirmation;
@@ -390,41 +391,6 @@ pub type Sending<'a> =
 /// One publish on its way: queued on the channel, then written, then a confirm to await.
 type Publishing<'a> = futures::future::BoxFuture<'a, lapin::Result<lapin::PublisherConfirm>>;
 
-/// What the relay marker says: the last seq sent and, when it was read from the outbox,
-/// which event that was. Its text is `seq outbox-id commit-time-in-µs` (a marker written
-/// before the identity was recorded holds only the seq).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SentMarker {
-    pub seq: i64,
-    pub event: Option<EventIdentity>,
-}
-
-impl SentMarker {
-    fn parse(text: &str) -> Option<Self> {
-        let mut parts = text.split_whitespace();
-        let seq = parts.next()?.parse().ok()?;
-        let event = match (parts.next(), parts.next(), parts.next()) {
-            (None, _, _) => None,
-            (Some(id), Some(micros), None) => Some(EventIdentity {
-                id: id.parse().ok()?,
-                created_at: chrono::DateTime::from_timestamp_micros(micros.parse().ok()?)?,
-            }),
-            _ => return None,
-        };
-        Some(SentMarker { seq, event })
-    }
-}
-
-impl std::fmt::Display for SentMarker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.seq)?;
-        if let Some(e) = self.event {
-            write!(f, " {} {}", e.id, e.created_at.timestamp_micros())?;
-        }
-        Ok(())
-    }
-}
-
 /// The relay's publisher of events: pipelined publishes, then every confirm awaited.
 /// Each batch is preceded by the relay marker (its last event), see [`Names::relay_marker`].
 pub struct EventPublisher {
@@ -583,34 +549,5 @@ impl EventPublisher {
             e.data.as_bytes(),
             props,
         )
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_relay_marker_round_trips_its_text() {
-        let marker = SentMarker {
-            seq: 42,
-            event: Some(EventIdentity {
-                id: 7,
-                created_at: chrono::DateTime::from_timestamp_micros(1_764_979_200_123_456)
-                    .expect("a time"),
-            }),
-        };
-        assert_eq!(marker.to_string(), "42 7 1764979200123456");
-        assert_eq!(SentMarker::parse(&marker.to_string()), Some(marker));
-        // A marker written before identities were recorded: the seq alone.
-        assert_eq!(
-            SentMarker::parse("42\n"),
-            Some(SentMarker {
-                seq: 42,
-                event: None
-            })
-        );
-        assert_eq!(SentMarker::parse("42 7"), None);
-        assert_eq!(SentMarker::parse("seq"), None);
     }
 }

@@ -301,7 +301,7 @@ async fn drain(
         // session, and so the lock, is still held (a standby has not taken over).
         let mut next = Vec::new();
         if !shutdown.is_cancelled() && !settle_only {
-            next = outbox::after(&mut *lock, *sent_through, batch)
+            next = outbox::between(&mut *lock, *sent_through, None, batch)
                 .await
                 .context("relay lock session")?;
             // Fewer than a batch: the outbox had nothing more when it was read, and

@@ -511,7 +511,7 @@ async fn fill_hub(state: &BridgeState, before: i64) -> anyhow::Result<()> {
     let mut conn = state.pool.acquire().await?;
     loop {
         let events =
-            crate::store::outbox::replay(&mut conn, state.hub.head(), Some(before), 1000).await?;
+            crate::store::outbox::between(&mut conn, state.hub.head(), Some(before), 1000).await?;
         if events.is_empty() {
             return Ok(());
         }

@@ -312,6 +312,6 @@ impl Replay {
 fn fetch(pool: PgPool, after: i64, before: i64) -> BoxFuture<'static, sqlx::Result<Vec<Event>>> {
     Box::pin(async move {
         let mut conn = pool.acquire().await?;
-        outbox::replay(&mut conn, after, Some(before), REPLAY_PAGE).await
+        outbox::between(&mut conn, after, Some(before), REPLAY_PAGE).await
     })
 }

@@ -54,23 +54,6 @@ pub async fn seq_high_water(conn: &mut PgConnection) -> sqlx::Result<i64> {
         .await
 }
 
-/// Committed events after `after`, in seq order: what the relay publishes next. Seqs
-/// become visible in order (see [`crate::store::changes`]), so this is never a range with
-/// a hole that a later commit fills.
-pub async fn after(conn: &mut PgConnection, after: i64, limit: i64) -> sqlx::Result<Vec<Event>> {
-    let rows = sqlx::query_as!(
-        StoredEvent,
-        r#"select seq, event_type, routing_key, order_id, customer_id, to_status,
-                  traceparent, payload::text as "payload!", id, created_at
-           from outbox where seq > $1 order by seq limit $2"#,
-        after,
-        limit,
-    )
-    .fetch_all(conn)
-    .await?;
-    Ok(events(rows))
-}
-
 /// Which event `seq` is, if the outbox has it: its row's id and commit time — what the
 /// relay's marker on the broker records of the last event it sent (see
 /// [`renumber_unpublished`]).
@@ -170,8 +153,11 @@ pub async fn is_published(conn: &mut PgConnection, up_to_id: Option<i64>) -> sql
     .await
 }
 
-/// Events with `after < seq < before`, in seq order (replay for SSE clients).
-pub async fn replay(
+/// Committed events with `after < seq < before` (`before` None: no upper bound), in seq
+/// order: what the relay publishes next, and what SSE clients replay. Seqs become visible
+/// in order (see [`crate::store::changes`]), so this is never a range with a hole that a
+/// later commit fills.
+pub async fn between(
     conn: &mut PgConnection,
     after: i64,
     before: Option<i64>,
@@ -205,11 +191,9 @@ pub async fn seq_bounds(conn: &mut PgConnection) -> sqlx::Result<(Option<i64>, O
 /// index range, so this is cheap to sample.
 pub async fn lag(conn: &mut PgConnection) -> sqlx::Result<(i64, f64)> {
     let row = sqlx::query!(
-        r#"with pending as (
-               select created_at from outbox where seq > (select published_seq from outbox_cursor))
-           select count(*)::bigint as "count!",
+        r#"select count(*)::bigint as "count!",
                   coalesce(extract(epoch from now() - min(created_at)), 0)::float8 as "age!"
-           from pending"#
+           from outbox where seq > (select published_seq from outbox_cursor)"#
     )
     .fetch_one(conn)
     .await?;

@@ -56,8 +56,13 @@ async fn progress(
     mut events: Vec<NewEvent>,
 ) -> sqlx::Result<()> {
     events.push(NewEvent::bulk_progress(op.id, op.view()));
+    write_events(conn, &events).await
+}
+
+/// Write the events a chunk held back: the transaction's last write ([`changes`]).
+async fn write_events(conn: &mut PgConnection, events: &[NewEvent]) -> sqlx::Result<()> {
     let changes = Changes {
-        events: &events,
+        events,
         ..Changes::default()
     };
     changes::write(conn, &changes).await
@@ -287,11 +292,7 @@ async fn isolate(
             // Cancelled meanwhile (see `apply_next`): the rest is skipped by `control`.
             Ok((latest, ..)) if latest.cancel_requested => return Ok(()),
             Ok((_, outcomes, events)) => {
-                let changes = Changes {
-                    events: &events,
-                    ..Changes::default()
-                };
-                changes::write(&mut tx, &changes).await?;
+                write_events(&mut tx, &events).await?;
                 tx.commit().await?;
                 count_orders(tally(&outcomes));
             }
