@@ -8,7 +8,7 @@ use super::retry::{self, Disposition};
 use crate::orders::apply::{self, Outcome, Report};
 use anyhow::Context;
 use backon::{ExponentialBuilder, Retryable};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use lapin::options::{BasicAckOptions, BasicPublishOptions};
 use lapin::{BasicProperties, Channel, Connection, Consumer};
 use serde_json::json;
@@ -26,17 +26,31 @@ impl Worker {
         let (channel, control, mut consumer) =
             super::consume(conn, &self.names.jobs, self.cfg.worker_prefetch).await?;
         tracing::info!(queue = %self.names.jobs, prefetch = self.cfg.worker_prefetch, batch = self.cfg.worker_batch_size, "order worker consuming");
-        loop {
-            let first = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break,
-                next = consumer.next() => next,
+        while !shutdown.is_cancelled() {
+            // A delivery already waiting means work piled up while the last batch was being
+            // applied: that backlog is the next batch, taken at once. Only a worker that was
+            // idle lingers for more (`WORKER_BATCH_WAIT_MS`).
+            let (first, behind) = match consumer.next().now_or_never() {
+                Some(next) => (next, true),
+                None => {
+                    let next = tokio::select! {
+                        biased;
+                        _ = shutdown.cancelled() => break,
+                        next = consumer.next() => next,
+                    };
+                    (next, false)
+                }
             };
             let Some(first) = first else {
                 anyhow::bail!("consumer stream ended (channel closed)")
             };
             let mut batch = vec![JobDelivery::parse(first.context("receiving a delivery")?)];
-            self.gather(&mut consumer, &mut batch).await?;
+            let linger = if behind {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(self.cfg.worker_batch_wait_ms)
+            };
+            self.gather(&mut consumer, &mut batch, linger).await?;
             // The batch in hand is finished even when shutdown arrives meanwhile.
             self.process(&control, batch).await?;
         }
@@ -45,11 +59,18 @@ impl Worker {
         Ok(())
     }
 
-    /// Add deliveries that arrive within the batch window, read, up to the batch size in
-    /// jobs (a message may carry several; one that cannot be read counts as one).
-    async fn gather(&self, consumer: &mut Consumer, batch: &mut Vec<Parsed>) -> anyhow::Result<()> {
-        let deadline =
-            tokio::time::Instant::now() + Duration::from_millis(self.cfg.worker_batch_wait_ms);
+    /// Add the deliveries already received and those that arrive within `linger`, read, up
+    /// to the batch size in jobs (a message may carry several; one that cannot be read
+    /// counts as one).
+    async fn gather(
+        &self,
+        consumer: &mut Consumer,
+        batch: &mut Vec<Parsed>,
+        linger: Duration,
+    ) -> anyhow::Result<()> {
+        // `timeout_at` polls the delivery before the deadline: with no linger it still takes
+        // every delivery that is ready.
+        let deadline = tokio::time::Instant::now() + linger;
         let count = |p: &Parsed| p.as_ref().map_or(1, Vec::len);
         let mut jobs: usize = batch.iter().map(count).sum();
         while jobs < self.cfg.worker_batch_size {
