@@ -177,12 +177,13 @@ impl IngressConfig {
 #[derive(Args, Debug, Clone)]
 pub struct WorkerConfig {
     /// Most jobs applied in one transaction. It binds only when the worker is behind (a
-    /// batch holds what arrived while the last one was applied): there a larger batch
-    /// spreads the batch's round trips over more jobs.
+    /// batch holds what arrived while the last one was applied): there a larger cap lets
+    /// the worker catch up in fewer, larger batches.
     #[arg(long, env = "WORKER_BATCH_SIZE", default_value_t = 256)]
     pub worker_batch_size: usize,
 
-    /// How long to gather more jobs after the first one arrived, in milliseconds.
+    /// How long an idle worker gathers more jobs after the first one arrived, in
+    /// milliseconds (a worker that finds deliveries waiting after a batch takes them at once).
     #[arg(long, env = "WORKER_BATCH_WAIT_MS", default_value_t = 5)]
     pub worker_batch_wait_ms: u64,
 
