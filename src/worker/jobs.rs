@@ -30,26 +30,21 @@ impl Worker {
             // A delivery already waiting means work piled up while the last batch was being
             // applied: that backlog is the next batch, taken at once. Only a worker that was
             // idle lingers for more (`WORKER_BATCH_WAIT_MS`).
-            let (first, behind) = match consumer.next().now_or_never() {
-                Some(next) => (next, true),
+            let (first, linger) = match consumer.next().now_or_never() {
+                Some(next) => (next, Duration::ZERO),
                 None => {
                     let next = tokio::select! {
                         biased;
                         _ = shutdown.cancelled() => break,
                         next = consumer.next() => next,
                     };
-                    (next, false)
+                    (next, Duration::from_millis(self.cfg.worker_batch_wait_ms))
                 }
             };
             let Some(first) = first else {
                 anyhow::bail!("consumer stream ended (channel closed)")
             };
             let mut batch = vec![JobDelivery::parse(first.context("receiving a delivery")?)];
-            let linger = if behind {
-                Duration::ZERO
-            } else {
-                Duration::from_millis(self.cfg.worker_batch_wait_ms)
-            };
             self.gather(&mut consumer, &mut batch, linger).await?;
             // The batch in hand is finished even when shutdown arrives meanwhile.
             self.process(&control, batch).await?;
